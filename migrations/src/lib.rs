@@ -1,0 +1,19 @@
+//! reqlog's schema, for SQLite and PostgreSQL.
+//!
+//! The migrations declare their own identifiers and never import the service's entities, so a
+//! later entity change cannot rewrite history that has shipped.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_create_schema;
+
+/// Every reqlog migration, in order.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261122_000001_create_schema::Migration)]
+    }
+}

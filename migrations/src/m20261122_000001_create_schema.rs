@@ -1,0 +1,301 @@
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::DatabaseBackend;
+
+#[derive(DeriveMigrationName)]
+pub(crate) struct Migration;
+
+#[derive(DeriveIden)]
+enum LogEntries {
+    Table,
+    Id,
+    AccountId,
+    Ts,
+    RequestId,
+    ApiKeyId,
+    ApiKeyName,
+    ApiKeyPrefix,
+    Method,
+    Endpoint,
+    QueryParams,
+    StatusCode,
+    ErrorCode,
+    IpHash,
+    UserAgent,
+    DurationMs,
+}
+
+#[derive(DeriveIden)]
+enum ApiKeys {
+    Table,
+    AccountId,
+    ApiKeyId,
+    Name,
+    Prefix,
+    Status,
+    ExpiresAt,
+    DeletedAt,
+    UpdatedAt,
+}
+
+#[derive(DeriveIden)]
+enum Accounts {
+    Table,
+    AccountId,
+    Plan,
+    RetentionDaysOverride,
+    UpdatedAt,
+}
+
+#[derive(DeriveIden)]
+enum UsageStats {
+    Table,
+    AccountId,
+    BucketStart,
+    ApiKeyId,
+    Endpoint,
+    Method,
+    StatusCode,
+    RequestCount,
+    ErrorCount,
+    TotalDurationMs,
+    MaxDurationMs,
+}
+
+#[derive(DeriveIden)]
+enum Settings {
+    Table,
+    Name,
+    Value,
+}
+
+/// Text that is sorted or compared must sort bytewise on every backend: SQLite's default
+/// (BINARY) already does; PostgreSQL needs `COLLATE "C"`.
+fn text(backend: DatabaseBackend, column: impl IntoIden) -> ColumnDef {
+    let mut def = ColumnDef::new(column);
+    def.text();
+    if backend == DatabaseBackend::Postgres {
+        def.extra("COLLATE \"C\"");
+    }
+    def
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let backend = manager.get_database_backend();
+
+        // Log rows. The writer reserves ids itself (PostgreSQL: from the bigserial's sequence
+        // `log_entries_id_seq`; SQLite: past AUTOINCREMENT's high-water mark, so a purged id is
+        // never handed out again) and inserts a whole group with multi-row statements; `ts` is
+        // microseconds since the Unix epoch, UTC.
+        manager
+            .create_table(
+                Table::create()
+                    .table(LogEntries::Table)
+                    .col(
+                        ColumnDef::new(LogEntries::Id)
+                            .big_integer()
+                            .not_null()
+                            .auto_increment()
+                            .primary_key(),
+                    )
+                    .col(text(backend, LogEntries::AccountId).not_null())
+                    .col(ColumnDef::new(LogEntries::Ts).big_integer().not_null())
+                    .col(text(backend, LogEntries::RequestId).null())
+                    .col(text(backend, LogEntries::ApiKeyId).not_null())
+                    .col(text(backend, LogEntries::ApiKeyName).not_null())
+                    .col(text(backend, LogEntries::ApiKeyPrefix).not_null())
+                    .col(text(backend, LogEntries::Method).not_null())
+                    .col(text(backend, LogEntries::Endpoint).not_null())
+                    .col(text(backend, LogEntries::QueryParams).null())
+                    .col(ColumnDef::new(LogEntries::StatusCode).integer().not_null())
+                    .col(text(backend, LogEntries::ErrorCode).null())
+                    .col(text(backend, LogEntries::IpHash).not_null())
+                    .col(text(backend, LogEntries::UserAgent).not_null())
+                    .col(
+                        ColumnDef::new(LogEntries::DurationMs)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        // Default order (timestamp, id) within an account, and time-range filters. Keys are
+        // time-first within an account, so new rows land at the right edge of the tree.
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_log_entries_account_ts")
+                    .table(LogEntries::Table)
+                    .col(LogEntries::AccountId)
+                    .col(LogEntries::Ts)
+                    .col(LogEntries::Id)
+                    .to_owned(),
+            )
+            .await?;
+        // The per-key filter, and PurgeForKey.
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_log_entries_account_key_ts")
+                    .table(LogEntries::Table)
+                    .col(LogEntries::AccountId)
+                    .col(LogEntries::ApiKeyId)
+                    .col(LogEntries::Ts)
+                    .col(LogEntries::Id)
+                    .to_owned(),
+            )
+            .await?;
+
+        // Idempotency keys, bucketed by UTC day of the record's timestamp: day first, so
+        // inserts cluster at the newest day instead of landing at random points of one big
+        // tree. A lookup checks the record's day and both neighbours (API.md's 24 h window).
+        match backend {
+            // --- SQLite: the key table is its own index (WITHOUT ROWID) ---
+            DatabaseBackend::Sqlite => {
+                manager
+                    .get_connection()
+                    .execute_unprepared(
+                        "CREATE TABLE request_ids (
+                            day INTEGER NOT NULL,
+                            account_id TEXT NOT NULL,
+                            request_id TEXT NOT NULL,
+                            log_id INTEGER NOT NULL,
+                            PRIMARY KEY (day, account_id, request_id)
+                        ) WITHOUT ROWID",
+                    )
+                    .await?;
+            }
+            // --- PostgreSQL: the same table, with bytewise collation ---
+            _ => {
+                manager
+                    .get_connection()
+                    .execute_unprepared(
+                        "CREATE TABLE request_ids (
+                            day BIGINT NOT NULL,
+                            account_id TEXT COLLATE \"C\" NOT NULL,
+                            request_id TEXT COLLATE \"C\" NOT NULL,
+                            log_id BIGINT NOT NULL,
+                            PRIMARY KEY (day, account_id, request_id)
+                        )",
+                    )
+                    .await?;
+            }
+        }
+
+        manager
+            .create_table(
+                Table::create()
+                    .table(ApiKeys::Table)
+                    .col(text(backend, ApiKeys::AccountId).not_null())
+                    .col(text(backend, ApiKeys::ApiKeyId).not_null())
+                    .col(text(backend, ApiKeys::Name).not_null())
+                    .col(text(backend, ApiKeys::Prefix).not_null())
+                    .col(text(backend, ApiKeys::Status).not_null())
+                    .col(ColumnDef::new(ApiKeys::ExpiresAt).big_integer().null())
+                    .col(ColumnDef::new(ApiKeys::DeletedAt).big_integer().null())
+                    .col(ColumnDef::new(ApiKeys::UpdatedAt).big_integer().not_null())
+                    .primary_key(
+                        Index::create()
+                            .col(ApiKeys::AccountId)
+                            .col(ApiKeys::ApiKeyId),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+
+        manager
+            .create_table(
+                Table::create()
+                    .table(Accounts::Table)
+                    .col(text(backend, Accounts::AccountId).not_null().primary_key())
+                    .col(text(backend, Accounts::Plan).not_null())
+                    .col(
+                        ColumnDef::new(Accounts::RetentionDaysOverride)
+                            .integer()
+                            .null(),
+                    )
+                    .col(ColumnDef::new(Accounts::UpdatedAt).big_integer().not_null())
+                    .to_owned(),
+            )
+            .await?;
+
+        // Usage statistics per UTC hour (`bucket_start` in seconds) and every dimension;
+        // day buckets and coarser groups are sums of these rows. Updated in the same
+        // transaction as the log rows, and never touched by purge or retention.
+        manager
+            .create_table(
+                Table::create()
+                    .table(UsageStats::Table)
+                    .col(text(backend, UsageStats::AccountId).not_null())
+                    .col(
+                        ColumnDef::new(UsageStats::BucketStart)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(text(backend, UsageStats::ApiKeyId).not_null())
+                    .col(text(backend, UsageStats::Endpoint).not_null())
+                    .col(text(backend, UsageStats::Method).not_null())
+                    .col(ColumnDef::new(UsageStats::StatusCode).integer().not_null())
+                    .col(
+                        ColumnDef::new(UsageStats::RequestCount)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(UsageStats::ErrorCount)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(UsageStats::TotalDurationMs)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(UsageStats::MaxDurationMs)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .primary_key(
+                        Index::create()
+                            .col(UsageStats::AccountId)
+                            .col(UsageStats::BucketStart)
+                            .col(UsageStats::ApiKeyId)
+                            .col(UsageStats::Endpoint)
+                            .col(UsageStats::Method)
+                            .col(UsageStats::StatusCode),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+
+        // Server-wide settings, such as the page-token HMAC key, shared by every replica.
+        manager
+            .create_table(
+                Table::create()
+                    .table(Settings::Table)
+                    .col(text(backend, Settings::Name).not_null().primary_key())
+                    .col(text(backend, Settings::Value).not_null())
+                    .to_owned(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for table in [
+            Settings::Table.into_iden(),
+            UsageStats::Table.into_iden(),
+            Accounts::Table.into_iden(),
+            ApiKeys::Table.into_iden(),
+            Alias::new("request_ids").into_iden(),
+            LogEntries::Table.into_iden(),
+        ] {
+            manager
+                .drop_table(Table::drop().table(table).to_owned())
+                .await?;
+        }
+        Ok(())
+    }
+}

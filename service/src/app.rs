@@ -1,0 +1,207 @@
+//! Wiring: connect, migrate, bind, serve, shut down.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use reqlog_client::{MAX_MESSAGE_BYTES, pb};
+use sea_orm::DatabaseConnection;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Config;
+use crate::domain::page_token::PageTokenKey;
+use crate::domain::query::Sanitizer;
+use crate::domain::record::RecordRules;
+use crate::grpc::admin::AdminApi;
+use crate::grpc::ingest::IngestApi;
+use crate::grpc::logs::LogApi;
+use crate::health::{DbMonitor, set_all};
+use crate::store::writer::{Writer, WriterConfig, WriterStats};
+use crate::store::{self, DbOptions, StoreError};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The configuration asks for something the server will not do.
+    #[error("configuration error: {0}")]
+    Config(String),
+    /// The database could not be opened or migrated.
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    /// The listener could not be bound.
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+    /// The gRPC server failed.
+    #[error("server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be set up.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// A built server: connected, migrated and bound, not yet serving.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    db: DatabaseConnection,
+    config: Config,
+    tokens: PageTokenKey,
+}
+
+/// Refuses what would be a hole if accepted and ignored.
+fn check_config(config: &Config) -> Result<(), AppError> {
+    if config.auth_file.is_some() {
+        return Err(AppError::Config(
+            "--auth-file is not supported yet (access control has not landed); refusing to \
+             start rather than ignore it"
+                .into(),
+        ));
+    }
+    if !config.listen.ip().is_loopback() {
+        return Err(AppError::Config(format!(
+            "refusing to listen on {} without access control: use a loopback address",
+            config.listen
+        )));
+    }
+    Ok(())
+}
+
+impl Application {
+    /// Connects, migrates (unless `--no-migrate`) and binds the listener, so that
+    /// `local_addr` is known before serving starts.
+    pub async fn build(config: &Config) -> Result<Self, AppError> {
+        check_config(config)?;
+        let db = store::connect(&DbOptions {
+            url: config.database_url.clone(),
+            max_connections: config.db_max_connections,
+        })
+        .await?;
+        if !config.no_migrate {
+            store::migrate(&db).await?;
+        }
+        let tokens = PageTokenKey::new(store::settings::page_token_key(&db).await?);
+        let listener = TcpListener::bind(config.listen).await?;
+        Ok(Self {
+            listener,
+            db,
+            config: config.clone(),
+            tokens,
+        })
+    }
+
+    /// The bound address (the real port when the config asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// The database pool, for tests and tools that inspect what was stored.
+    pub fn database(&self) -> DatabaseConnection {
+        self.db.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then reports NOT_SERVING, drains in-flight calls,
+    /// lets the writer commit and answer everything it accepted, and closes the database.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
+        self.serve(shutdown, |_| {}).await
+    }
+
+    /// As `run_until_stopped`, handing the writer's counters to `observe` once it runs.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        observe: impl FnOnce(Arc<WriterStats>),
+    ) -> Result<(), AppError> {
+        let Self {
+            listener,
+            db,
+            config,
+            tokens,
+        } = self;
+        let available = Arc::new(AtomicBool::new(true));
+        let (writer, writer_task) = Writer::spawn(
+            db.clone(),
+            WriterConfig {
+                max_group_rows: config.max_group_rows as usize,
+                queue_jobs: 4_096,
+            },
+            Arc::clone(&available),
+        );
+        observe(writer.stats_handle());
+
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        set_all(&reporter, ServingStatus::Serving).await;
+        let monitor: JoinHandle<()> = tokio::spawn(
+            DbMonitor::new(
+                db.clone(),
+                &config.database_url,
+                reporter.clone(),
+                available,
+                config.health_check_interval,
+            )
+            .run(),
+        );
+
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let rules = Arc::new(RecordRules {
+            sanitizer: match &config.redact_params {
+                Some(names) => Sanitizer::new(names.iter().map(String::as_str)),
+                None => Sanitizer::default(),
+            },
+        });
+        let ingest = IngestApi::new(rules, writer, config.max_batch_size as usize);
+        let logs = LogApi::new(db.clone(), tokens);
+
+        let shutdown_reporter = reporter.clone();
+        let shutdown = async move {
+            shutdown.await;
+            tracing::info!("shutting down: not serving, draining calls");
+            set_all(&shutdown_reporter, ServingStatus::NotServing).await;
+        };
+
+        Server::builder()
+            .layer(TraceLayer::new_for_grpc())
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(reflection_alpha)
+            .add_service(
+                pb::ingest_service_server::IngestServiceServer::new(ingest)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                pb::log_service_server::LogServiceServer::new(logs)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(pb::admin_service_server::AdminServiceServer::new(AdminApi))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await?;
+
+        // The services (and with them every writer handle) are dropped: the writer drains
+        // its queue, answers, and ends.
+        if let Err(error) = writer_task.await {
+            tracing::error!(%error, "writer task failed");
+        }
+        monitor.abort();
+        db.close().await.map_err(StoreError::from)?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,185 @@
+//! Command line and environment configuration: flag > `REQLOG_*` variable > default.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// `reqlog`: the request-log service.
+#[derive(Debug, Parser)]
+#[command(name = "reqlog", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The `reqlog` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the gRPC server.
+    Serve(Box<Config>),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line, for log shippers.
+    Json,
+}
+
+/// Everything `reqlog serve` is configured with.
+#[derive(Clone, Args)]
+pub struct Config {
+    /// Socket address to bind; port 0 picks a free port.
+    #[arg(long, env = "REQLOG_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// `sqlite://reqlog.db?mode=rwc` (the default: a file in the working directory, created
+    /// if missing) or `postgres://user:password@host/db`.
+    #[arg(
+        long,
+        env = "REQLOG_DATABASE_URL",
+        hide_env_values = true,
+        default_value = "sqlite://reqlog.db?mode=rwc"
+    )]
+    pub database_url: String,
+
+    /// TOML file of bearer-token principals (not supported yet: refused).
+    #[arg(long, env = "REQLOG_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+
+    /// Leave migrations to an operator (`reqlog-migrate up`) instead of applying them at start.
+    #[arg(long, env = "REQLOG_NO_MIGRATE")]
+    pub no_migrate: bool,
+
+    /// Most records one `RecordRequests` call may carry.
+    #[arg(long, env = "REQLOG_MAX_BATCH_SIZE", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_batch_size: u32,
+
+    /// Most records one group commit writes; more waiting records go into the next one.
+    #[arg(long, env = "REQLOG_MAX_GROUP_ROWS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_group_rows: u32,
+
+    /// Query parameters whose values are redacted before storage (comma-separated,
+    /// case-insensitive); replaces the built-in list.
+    #[arg(long, env = "REQLOG_REDACT_PARAMS", value_delimiter = ',')]
+    pub redact_params: Option<Vec<String>>,
+
+    /// Database connections in the pool.
+    #[arg(long, env = "REQLOG_DB_MAX_CONNECTIONS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_max_connections: u32,
+
+    /// How often the database is checked for the health service, e.g. `1s`, `500ms`.
+    #[arg(long, env = "REQLOG_HEALTH_CHECK_INTERVAL", default_value = "1s",
+          value_parser = parse_duration)]
+    pub health_check_interval: Duration,
+
+    /// Log format on stderr; the level comes from `RUST_LOG`.
+    #[arg(long, env = "REQLOG_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// A configuration with every default, for tests and embedding.
+    pub fn with_database_url(database_url: impl Into<String>) -> Self {
+        let mut config = Cli::parse_from(["reqlog", "serve"]);
+        let Command::Serve(serve) = &mut config.command;
+        serve.database_url = database_url.into();
+        *serve.clone()
+    }
+}
+
+// Written by hand so the database URL's password never reaches a log line.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("auth_file", &self.auth_file)
+            .field("no_migrate", &self.no_migrate)
+            .field("max_batch_size", &self.max_batch_size)
+            .field("max_group_rows", &self.max_group_rows)
+            .field("redact_params", &self.redact_params)
+            .field("db_max_connections", &self.db_max_connections)
+            .field("health_check_interval", &self.health_check_interval)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+/// The URL with any password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Parses `250ms`, `5s`, `10m`, `1h` or `0`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 500ms, 5s, 10m or 1h"))?;
+    let seconds = match unit {
+        "ms" => return Ok(Duration::from_millis(value)),
+        "" if value == 0 => 0,
+        "s" => value,
+        "m" => value * 60,
+        "h" => value * 3_600,
+        "d" => value * 86_400,
+        _ => return Err(format!("`{text}` has no unit: use ms, s, m, h or d")),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3_600)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("postgres://app:hunter2@db:5432/logs"),
+            "postgres://app:***@db:5432/logs"
+        );
+        assert_eq!(
+            redact_url("sqlite://reqlog.db?mode=rwc"),
+            "sqlite://reqlog.db?mode=rwc"
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let config = Config::with_database_url("postgres://app:hunter2@db/logs");
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

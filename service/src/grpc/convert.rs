@@ -1,0 +1,138 @@
+//! Proto ↔ domain conversion.
+
+use reqlog_client::pb;
+
+use crate::domain::Violation;
+use crate::domain::filter::{FilterInput, LogFilter, SortField, SortOrder};
+use crate::domain::record::RecordInput;
+use crate::domain::time::{OutOfRange, micros_from_parts, parts_from_micros};
+use crate::store::entity::{api_key, log_entry};
+
+/// A proto timestamp from microseconds.
+pub fn timestamp(micros: i64) -> prost_types::Timestamp {
+    let (seconds, nanos) = parts_from_micros(micros);
+    prost_types::Timestamp { seconds, nanos }
+}
+
+/// Microseconds from a proto timestamp.
+pub fn micros(timestamp: &prost_types::Timestamp) -> Result<i64, OutOfRange> {
+    micros_from_parts(timestamp.seconds, timestamp.nanos).ok_or(OutOfRange)
+}
+
+/// A gateway's record as the domain reads it.
+pub fn record_input(record: &pb::RequestRecord) -> RecordInput<'_> {
+    RecordInput {
+        account_id: &record.account_id,
+        request_id: &record.request_id,
+        api_key_id: &record.api_key_id,
+        api_key_name: &record.api_key_name,
+        api_key_prefix: &record.api_key_prefix,
+        method: &record.method,
+        endpoint: &record.endpoint,
+        query_string: &record.query_string,
+        status_code: record.status_code,
+        error_code: &record.error_code,
+        client_ip: &record.client_ip,
+        user_agent: &record.user_agent,
+        duration_ms: record.duration_ms,
+        timestamp: record.timestamp.as_ref().map(|ts| (ts.seconds, ts.nanos)),
+    }
+}
+
+/// A validated filter; an absent filter is no condition.
+pub fn filter(filter: Option<&pb::LogFilter>) -> Result<LogFilter, Violation> {
+    let Some(filter) = filter else {
+        return Ok(LogFilter::default());
+    };
+    LogFilter::parse(FilterInput {
+        search: &filter.search,
+        api_key_ids: &filter.api_key_ids,
+        methods: &filter.methods,
+        status_codes: &filter.status_codes,
+        status_classes: filter
+            .status_classes
+            .iter()
+            .map(|&class| match pb::StatusClass::try_from(class) {
+                Ok(pb::StatusClass::StatusClass1xx) => 1,
+                Ok(pb::StatusClass::StatusClass2xx) => 2,
+                Ok(pb::StatusClass::StatusClass3xx) => 3,
+                Ok(pb::StatusClass::StatusClass4xx) => 4,
+                Ok(pb::StatusClass::StatusClass5xx) => 5,
+                Ok(pb::StatusClass::Unspecified) => 0,
+                Err(_) => -1,
+            })
+            .collect(),
+        error_codes: &filter.error_codes,
+        ip_hash_prefix: &filter.ip_hash_prefix,
+        endpoint_prefix: &filter.endpoint_prefix,
+        start_micros: filter.start_time.as_ref().map(micros),
+        end_micros: filter.end_time.as_ref().map(micros),
+    })
+}
+
+/// The order; absent or `LOG_FIELD_UNSPECIFIED` is the default (newest first).
+pub fn order(order: Option<&pb::SortOrder>) -> Result<SortOrder, Violation> {
+    let Some(order) = order else {
+        return Ok(SortOrder::default());
+    };
+    let field = match pb::LogField::try_from(order.field) {
+        Ok(pb::LogField::Unspecified) => return Ok(SortOrder::default()),
+        Ok(pb::LogField::Timestamp) => SortField::Timestamp,
+        Ok(pb::LogField::ApiKeyName) => SortField::ApiKeyName,
+        Ok(pb::LogField::ApiKeyPrefix) => SortField::ApiKeyPrefix,
+        Ok(pb::LogField::Method) => SortField::Method,
+        Ok(pb::LogField::Endpoint) => SortField::Endpoint,
+        Ok(pb::LogField::QueryParams) => SortField::QueryParams,
+        Ok(pb::LogField::StatusCode) => SortField::StatusCode,
+        Ok(pb::LogField::ErrorCode) => SortField::ErrorCode,
+        Ok(pb::LogField::IpHash) => SortField::IpHash,
+        Ok(pb::LogField::DurationMs) => SortField::DurationMs,
+        Err(_) => return Err(Violation::new("order_by.field", "is not a known LogField")),
+    };
+    Ok(SortOrder {
+        field,
+        descending: order.descending,
+    })
+}
+
+/// A stored key status as the proto enum.
+pub fn key_status(status: &str) -> pb::ApiKeyStatus {
+    match status {
+        "ACTIVE" => pb::ApiKeyStatus::Active,
+        "ROTATED" => pb::ApiKeyStatus::Rotated,
+        "EXPIRED" => pb::ApiKeyStatus::Expired,
+        "INACTIVE" => pb::ApiKeyStatus::Inactive,
+        _ => pb::ApiKeyStatus::Unspecified,
+    }
+}
+
+/// The key's status now: a key past its `expires_at` is EXPIRED whatever was last set.
+pub fn effective_key_status(key: Option<&api_key::Model>, now_micros: i64) -> pb::ApiKeyStatus {
+    match key {
+        None => pb::ApiKeyStatus::Unspecified,
+        Some(key) if key.expires_at.is_some_and(|at| at <= now_micros) => pb::ApiKeyStatus::Expired,
+        Some(key) => key_status(&key.status),
+    }
+}
+
+/// A stored row as consoles see it.
+pub fn log_entry(row: log_entry::Model, status: pb::ApiKeyStatus) -> pb::LogEntry {
+    pb::LogEntry {
+        id: row.id.to_string(),
+        account_id: row.account_id,
+        request_id: row.request_id.unwrap_or_default(),
+        api_key_id: row.api_key_id,
+        api_key_name: row.api_key_name,
+        api_key_prefix: row.api_key_prefix,
+        api_key_status: status.into(),
+        method: row.method,
+        endpoint: row.endpoint,
+        query_params: row.query_params,
+        status_code: row.status_code,
+        error_code: row.error_code,
+        ip_hash: row.ip_hash,
+        user_agent: row.user_agent,
+        duration_ms: u32::try_from(row.duration_ms).unwrap_or(u32::MAX),
+        timestamp: Some(timestamp(row.ts)),
+    }
+}

@@ -1,0 +1,106 @@
+//! `reqlog.v1.LogService`.
+
+use std::pin::Pin;
+
+use reqlog_client::pb;
+use reqlog_client::pb::log_service_server::LogService;
+use sea_orm::DatabaseConnection;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::domain::filter::{LogQuery, effective_page_size};
+use crate::domain::page_token::PageTokenKey;
+use crate::domain::time::now_micros;
+use crate::error::Error;
+use crate::store::logs;
+
+/// Lists and exports logs for consoles and services.
+#[derive(Debug, Clone)]
+pub struct LogApi {
+    db: DatabaseConnection,
+    tokens: PageTokenKey,
+}
+
+impl LogApi {
+    /// A log service reading from `db`, sealing page tokens with `tokens`.
+    pub fn new(db: DatabaseConnection, tokens: PageTokenKey) -> Self {
+        Self { db, tokens }
+    }
+}
+
+type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportLogsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl LogService for LogApi {
+    type ExportLogsStream = ExportStream;
+
+    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id))]
+    async fn list_logs(
+        &self,
+        request: Request<pb::ListLogsRequest>,
+    ) -> Result<Response<pb::ListLogsResponse>, Status> {
+        let request = request.into_inner();
+        let query = LogQuery::new(
+            &request.account_id,
+            convert::filter(request.filter.as_ref()).map_err(Error::from)?,
+            convert::order(request.order_by.as_ref()).map_err(Error::from)?,
+        )
+        .map_err(Error::from)?;
+        let page_size = effective_page_size(request.page_size).map_err(Error::from)?;
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => Some(self.tokens.open(token, &query).map_err(Error::from)?),
+        };
+
+        let page = logs::page(&self.db, &query, after.as_ref(), page_size)
+            .await
+            .map_err(Error::from)?;
+        let total_size = if request.include_total_size {
+            logs::count(&self.db, &query).await.map_err(Error::from)?
+        } else {
+            0
+        };
+        let keys = logs::keys(
+            &self.db,
+            &query.account_id,
+            page.rows.iter().map(|row| row.api_key_id.as_str()),
+        )
+        .await
+        .map_err(Error::from)?;
+
+        let now = now_micros();
+        let entries = page
+            .rows
+            .into_iter()
+            .map(|row| {
+                let status = convert::effective_key_status(keys.get(&row.api_key_id), now);
+                convert::log_entry(row, status)
+            })
+            .collect();
+        Ok(Response::new(pb::ListLogsResponse {
+            logs: entries,
+            next_page_token: page
+                .next
+                .map(|cursor| self.tokens.seal(&query, &cursor))
+                .unwrap_or_default(),
+            total_size,
+        }))
+    }
+
+    async fn export_logs(
+        &self,
+        _request: Request<pb::ExportLogsRequest>,
+    ) -> Result<Response<Self::ExportLogsStream>, Status> {
+        Err(Status::unimplemented("ExportLogs is not implemented yet"))
+    }
+
+    async fn get_usage_stats(
+        &self,
+        _request: Request<pb::GetUsageStatsRequest>,
+    ) -> Result<Response<pb::GetUsageStatsResponse>, Status> {
+        Err(Status::unimplemented(
+            "GetUsageStats is not implemented yet",
+        ))
+    }
+}

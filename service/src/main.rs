@@ -1,0 +1,51 @@
+//! The `reqlog` binary.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use reqlog_service::config::{Cli, Command};
+use reqlog_service::{Application, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(config) => {
+            telemetry::init(config.log_format);
+            tracing::info!(config = ?config, "starting");
+            let result = match Application::build(&config).await {
+                Ok(app) => {
+                    tracing::info!(address = %app.local_addr(), "listening");
+                    app.run_until_stopped(shutdown_signal()).await
+                }
+                Err(error) => Err(error),
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!(%error, "reqlog stopped");
+                    eprintln!("reqlog: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::error!(%error, "cannot watch SIGTERM; stopping on SIGINT only");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -1,0 +1,204 @@
+//! SeaORM entities, one module per table. Times are microseconds since the epoch (UTC),
+//! except `usage_stats.bucket_start`, which is seconds.
+
+/// One recorded request.
+pub mod log_entry {
+    use sea_orm::entity::prelude::*;
+
+    /// A stored row of `log_entries`.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "log_entries")]
+    pub struct Model {
+        /// Assigned by the writer; the `LogEntry.id` clients see.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i64,
+        /// The account.
+        pub account_id: String,
+        /// When the request happened.
+        pub ts: i64,
+        /// The idempotency key, if any.
+        pub request_id: Option<String>,
+        /// The API key.
+        pub api_key_id: String,
+        /// The key's name when the request was made.
+        pub api_key_name: String,
+        /// The key's prefix when the request was made.
+        pub api_key_prefix: String,
+        /// Upper-case HTTP method.
+        pub method: String,
+        /// The path.
+        pub endpoint: String,
+        /// The sanitized query string.
+        pub query_params: Option<String>,
+        /// The HTTP status.
+        pub status_code: i32,
+        /// The platform error code.
+        pub error_code: Option<String>,
+        /// SHA-256 of the client IP, or "".
+        pub ip_hash: String,
+        /// The user agent.
+        pub user_agent: String,
+        /// Latency in milliseconds.
+        pub duration_ms: i64,
+    }
+
+    /// `log_entries` relates to nothing through foreign keys (keys may be unknown).
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Idempotency keys by UTC day.
+pub mod request_id {
+    use sea_orm::entity::prelude::*;
+
+    /// A stored row of `request_ids`.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "request_ids")]
+    pub struct Model {
+        /// The record's UTC day number.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub day: i64,
+        /// The account.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub account_id: String,
+        /// The gateway's idempotency key.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub request_id: String,
+        /// The row stored first under this key.
+        pub log_id: i64,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// API keys as key management last described them.
+pub mod api_key {
+    use sea_orm::entity::prelude::*;
+
+    /// A stored row of `api_keys`.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "api_keys")]
+    pub struct Model {
+        /// The account.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub account_id: String,
+        /// The key.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub api_key_id: String,
+        /// The key's current name.
+        pub name: String,
+        /// The key's current prefix.
+        pub prefix: String,
+        /// `ACTIVE`, `ROTATED`, `EXPIRED` or `INACTIVE`.
+        pub status: String,
+        /// When the key expires.
+        pub expires_at: Option<i64>,
+        /// When the key was purged; later records for it are refused.
+        pub deleted_at: Option<i64>,
+        /// Last change.
+        pub updated_at: i64,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Accounts' plans.
+pub mod account {
+    use sea_orm::entity::prelude::*;
+
+    /// A stored row of `accounts`.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "accounts")]
+    pub struct Model {
+        /// The account.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub account_id: String,
+        /// `FREE`, `STARTER`, `PRO`, `SCALE` or `ENTERPRISE`.
+        pub plan: String,
+        /// Overrides the plan's retention window, in days.
+        pub retention_days_override: Option<i32>,
+        /// Last change.
+        pub updated_at: i64,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Hourly usage counters.
+pub mod usage_stat {
+    use sea_orm::entity::prelude::*;
+
+    /// A stored row of `usage_stats`.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "usage_stats")]
+    pub struct Model {
+        /// The account.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub account_id: String,
+        /// Start of the UTC hour, seconds since the epoch.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub bucket_start: i64,
+        /// The API key.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub api_key_id: String,
+        /// The path.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub endpoint: String,
+        /// Upper-case method.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub method: String,
+        /// The HTTP status.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub status_code: i32,
+        /// Requests.
+        pub request_count: i64,
+        /// Requests with status 400 or above.
+        pub error_count: i64,
+        /// Sum of latencies.
+        pub total_duration_ms: i64,
+        /// Largest latency.
+        pub max_duration_ms: i64,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Server-wide settings shared by every replica.
+pub mod setting {
+    use sea_orm::entity::prelude::*;
+
+    /// A stored row of `settings`.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "settings")]
+    pub struct Model {
+        /// The setting's name.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        /// Its value.
+        pub value: String,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

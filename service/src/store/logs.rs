@@ -1,0 +1,289 @@
+//! Reading log rows: filters, orders and keyset pages, the same SQL shape on both backends.
+
+use std::collections::HashMap;
+
+use sea_orm::sea_query::extension::postgres::PgExpr;
+use sea_orm::sea_query::{Condition, Expr, LikeExpr, NullOrdering, SimpleExpr};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, Order, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect,
+};
+
+use super::StoreError;
+use super::entity::{api_key, log_entry};
+use crate::domain::filter::{LogFilter, LogQuery, SortField, SortOrder};
+use crate::domain::page_token::{Cursor, CursorValue};
+
+/// One page of rows, and where the next one starts.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The rows, in order.
+    pub rows: Vec<log_entry::Model>,
+    /// The position after the last row, when more rows follow.
+    pub next: Option<Cursor>,
+}
+
+/// Up to `page_size` rows of the query after `after` (from the start when `None`).
+pub async fn page(
+    db: &impl ConnectionTrait,
+    query: &LogQuery,
+    after: Option<&Cursor>,
+    page_size: u32,
+) -> Result<Page, StoreError> {
+    let backend = db.get_database_backend();
+    let mut condition = filter_condition(backend, &query.account_id, &query.filter);
+    if let Some(cursor) = after {
+        condition = condition.add(after_cursor(query.order, cursor));
+    }
+    let mut select = log_entry::Entity::find().filter(condition);
+    select = apply_order(select, backend, query.order);
+    let mut rows = select.limit(u64::from(page_size) + 1).all(db).await?;
+    let next = if rows.len() > page_size as usize {
+        rows.truncate(page_size as usize);
+        rows.last().map(|last| cursor_of(query.order.field, last))
+    } else {
+        None
+    };
+    Ok(Page { rows, next })
+}
+
+/// How many rows match the query's account and filter.
+pub async fn count(db: &impl ConnectionTrait, query: &LogQuery) -> Result<i64, StoreError> {
+    let backend = db.get_database_backend();
+    let total = log_entry::Entity::find()
+        .filter(filter_condition(backend, &query.account_id, &query.filter))
+        .count(db)
+        .await?;
+    Ok(i64::try_from(total).unwrap_or(i64::MAX))
+}
+
+/// The current state of an account's keys, by key id (keys never upserted are absent).
+pub async fn keys(
+    db: &impl ConnectionTrait,
+    account_id: &str,
+    key_ids: impl IntoIterator<Item = &str>,
+) -> Result<HashMap<String, api_key::Model>, StoreError> {
+    let mut key_ids: Vec<&str> = key_ids.into_iter().collect();
+    key_ids.sort_unstable();
+    key_ids.dedup();
+    if key_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let keys = api_key::Entity::find()
+        .filter(api_key::Column::AccountId.eq(account_id))
+        .filter(api_key::Column::ApiKeyId.is_in(key_ids))
+        .all(db)
+        .await?;
+    Ok(keys
+        .into_iter()
+        .map(|key| (key.api_key_id.clone(), key))
+        .collect())
+}
+
+fn column(field: SortField) -> log_entry::Column {
+    match field {
+        SortField::Timestamp => log_entry::Column::Ts,
+        SortField::ApiKeyName => log_entry::Column::ApiKeyName,
+        SortField::ApiKeyPrefix => log_entry::Column::ApiKeyPrefix,
+        SortField::Method => log_entry::Column::Method,
+        SortField::Endpoint => log_entry::Column::Endpoint,
+        SortField::QueryParams => log_entry::Column::QueryParams,
+        SortField::StatusCode => log_entry::Column::StatusCode,
+        SortField::ErrorCode => log_entry::Column::ErrorCode,
+        SortField::IpHash => log_entry::Column::IpHash,
+        SortField::DurationMs => log_entry::Column::DurationMs,
+    }
+}
+
+fn cursor_of(field: SortField, row: &log_entry::Model) -> Cursor {
+    let text = |value: &str| CursorValue::Text(value.to_owned());
+    let value = match field {
+        SortField::Timestamp => CursorValue::Int(row.ts),
+        SortField::ApiKeyName => text(&row.api_key_name),
+        SortField::ApiKeyPrefix => text(&row.api_key_prefix),
+        SortField::Method => text(&row.method),
+        SortField::Endpoint => text(&row.endpoint),
+        SortField::QueryParams => row.query_params.as_deref().map_or(CursorValue::Null, text),
+        SortField::StatusCode => CursorValue::Int(i64::from(row.status_code)),
+        SortField::ErrorCode => row.error_code.as_deref().map_or(CursorValue::Null, text),
+        SortField::IpHash => text(&row.ip_hash),
+        SortField::DurationMs => CursorValue::Int(row.duration_ms),
+    };
+    Cursor { value, id: row.id }
+}
+
+/// ORDER BY the field, then id, one direction. NULL sorts before every value; SQLite does
+/// that by itself, PostgreSQL is told (only for nullable columns, so that the non-null ones
+/// still match their indexes' order).
+fn apply_order(
+    select: sea_orm::Select<log_entry::Entity>,
+    backend: DbBackend,
+    order: SortOrder,
+) -> sea_orm::Select<log_entry::Entity> {
+    let direction = if order.descending {
+        Order::Desc
+    } else {
+        Order::Asc
+    };
+    let col = column(order.field);
+    let select = if backend == DbBackend::Postgres && order.field.is_nullable() {
+        let nulls = if order.descending {
+            NullOrdering::Last
+        } else {
+            NullOrdering::First
+        };
+        select.order_by_with_nulls(col, direction.clone(), nulls)
+    } else {
+        select.order_by(col, direction.clone())
+    };
+    select.order_by(log_entry::Column::Id, direction)
+}
+
+/// Rows strictly after the cursor in the query's order.
+fn after_cursor(order: SortOrder, cursor: &Cursor) -> Condition {
+    let col = column(order.field);
+    let id = log_entry::Column::Id;
+    let pair = || Expr::tuple([Expr::col(col).into(), Expr::col(id).into()]);
+    let value: Option<SimpleExpr> = match &cursor.value {
+        CursorValue::Null => None,
+        CursorValue::Int(value) => Some((*value).into()),
+        CursorValue::Text(value) => Some(value.clone().into()),
+    };
+    match (value, order.descending) {
+        // Row values keep the condition a single index range on (field, id).
+        (Some(value), false) => {
+            Condition::all().add(pair().gt(Expr::tuple([value, cursor.id.into()])))
+        }
+        (Some(value), true) => {
+            let before = pair().lt(Expr::tuple([value, cursor.id.into()]));
+            if order.field.is_nullable() {
+                Condition::any().add(before).add(Expr::col(col).is_null())
+            } else {
+                Condition::all().add(before)
+            }
+        }
+        (None, false) => Condition::any()
+            .add(
+                Condition::all()
+                    .add(Expr::col(col).is_null())
+                    .add(Expr::col(id).gt(cursor.id)),
+            )
+            .add(Expr::col(col).is_not_null()),
+        (None, true) => Condition::all()
+            .add(Expr::col(col).is_null())
+            .add(Expr::col(id).lt(cursor.id)),
+    }
+}
+
+/// `%term%` with `%`, `_` and `\` matched literally.
+fn like_pattern(term: &str) -> String {
+    let mut pattern = String::with_capacity(term.len() + 2);
+    pattern.push('%');
+    for c in term.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// Case-insensitive (ASCII at least) substring match: SQLite's LIKE folds ASCII case by
+/// default; PostgreSQL needs ILIKE.
+fn contains(backend: DbBackend, target: SimpleExpr, pattern: &str) -> SimpleExpr {
+    let like = LikeExpr::new(pattern).escape('\\');
+    match backend {
+        DbBackend::Postgres => Expr::expr(target).ilike(like),
+        _ => Expr::expr(target).like(like),
+    }
+}
+
+/// The WHERE clause for an account's rows under a filter.
+pub fn filter_condition(backend: DbBackend, account_id: &str, filter: &LogFilter) -> Condition {
+    use log_entry::Column as C;
+    let mut all = Condition::all().add(C::AccountId.eq(account_id));
+    if let Some(term) = &filter.search {
+        let pattern = like_pattern(term);
+        let mut any = Condition::any();
+        for col in [
+            C::ApiKeyName,
+            C::ApiKeyPrefix,
+            C::Method,
+            C::Endpoint,
+            C::QueryParams,
+            C::ErrorCode,
+            C::IpHash,
+        ] {
+            any = any.add(contains(backend, Expr::col(col).into(), &pattern));
+        }
+        let status_text = Expr::cust(r#"CAST("status_code" AS TEXT)"#);
+        any = any.add(contains(backend, status_text, &pattern));
+        all = all.add(any);
+    }
+    if !filter.api_key_ids.is_empty() {
+        all = all.add(C::ApiKeyId.is_in(filter.api_key_ids.iter().map(String::as_str)));
+    }
+    if !filter.methods.is_empty() {
+        all = all.add(C::Method.is_in(filter.methods.iter().copied()));
+    }
+    if !filter.status_codes.is_empty() || !filter.status_classes.is_empty() {
+        // Codes and classes are two views of one column: OR-ed with each other would
+        // widen the filter, so each is its own AND-ed condition.
+        if !filter.status_codes.is_empty() {
+            all = all.add(C::StatusCode.is_in(filter.status_codes.iter().copied()));
+        }
+        if !filter.status_classes.is_empty() {
+            let mut any = Condition::any();
+            for class in &filter.status_classes {
+                any = any.add(C::StatusCode.between(class * 100, class * 100 + 99));
+            }
+            all = all.add(any);
+        }
+    }
+    if !filter.error_codes.is_empty() {
+        all = all.add(C::ErrorCode.is_in(filter.error_codes.iter().map(String::as_str)));
+    }
+    if let Some(prefix) = &filter.ip_hash_prefix {
+        // Stored hashes are lower-case hex, so a range is an exact, index-friendly prefix.
+        all = all.add(C::IpHash.gte(prefix.as_str()));
+        all = all.add(C::IpHash.lt(format!("{prefix}g")));
+    }
+    if let Some(prefix) = &filter.endpoint_prefix {
+        all = all.add(C::Endpoint.like(LikeExpr::new(prefix_pattern(prefix)).escape('\\')));
+        // LIKE folds ASCII case in SQLite; paths are case-sensitive, so compare exactly too.
+        all = all.add(Expr::cust_with_values(
+            r#"SUBSTR("endpoint", 1, ?) = ?"#,
+            [
+                i64::try_from(prefix.chars().count())
+                    .unwrap_or(i64::MAX)
+                    .into(),
+                sea_orm::Value::from(prefix.as_str()),
+            ],
+        ));
+    }
+    if let Some(start) = filter.start_micros {
+        all = all.add(C::Ts.gte(start));
+    }
+    if let Some(end) = filter.end_micros {
+        all = all.add(C::Ts.lt(end));
+    }
+    all
+}
+
+fn prefix_pattern(prefix: &str) -> String {
+    let mut pattern = like_pattern(prefix);
+    pattern.remove(0);
+    pattern
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(like_pattern("a%b_c\\d"), r"%a\%b\_c\\d%");
+        assert_eq!(prefix_pattern("/v1_"), r"/v1\_%");
+    }
+}

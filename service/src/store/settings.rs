@@ -1,0 +1,72 @@
+//! Server-wide settings kept in the database, so every replica and every restart agree.
+
+use rand::RngCore;
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait};
+
+use super::StoreError;
+use super::entity::setting;
+
+const PAGE_TOKEN_KEY: &str = "page_token_hmac_key";
+
+/// The key page tokens are sealed with: created at first start (32 random bytes), then read.
+/// Insert-if-absent and read back, so replicas starting together end up with one key.
+pub async fn page_token_key(db: &DatabaseConnection) -> Result<Vec<u8>, StoreError> {
+    let mut fresh = [0u8; 32];
+    rand::rng().fill_bytes(&mut fresh);
+    let insert = setting::Entity::insert(setting::ActiveModel {
+        name: Set(PAGE_TOKEN_KEY.to_owned()),
+        value: Set(crate::domain::ip::to_hex(&fresh)),
+    })
+    .on_conflict(
+        OnConflict::column(setting::Column::Name)
+            .do_nothing()
+            .to_owned(),
+    )
+    .do_nothing()
+    .exec(db)
+    .await;
+    insert?;
+    let stored = setting::Entity::find_by_id(PAGE_TOKEN_KEY.to_owned())
+        .one(db)
+        .await?
+        .ok_or_else(|| corrupt("page-token key missing after insert"))?;
+    decode_hex(&stored.value).ok_or_else(|| corrupt("page-token key is not hex"))
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Database(sea_orm::DbErr::Custom(what.to_owned()))
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DbOptions, connect, migrate};
+
+    #[tokio::test]
+    async fn the_key_is_created_once_and_then_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let db = connect(&DbOptions {
+            url,
+            max_connections: 1,
+        })
+        .await
+        .unwrap();
+        migrate(&db).await.unwrap();
+        let first = page_token_key(&db).await.unwrap();
+        let second = page_token_key(&db).await.unwrap();
+        assert_eq!(first.len(), 32);
+        assert_eq!(first, second);
+    }
+}

@@ -1,0 +1,652 @@
+//! The single writer: every ingest goes through one task that commits in groups.
+//!
+//! While a commit runs, new jobs queue up in the channel; when it ends, the writer takes
+//! everything waiting (up to `max_group_rows`) into the next transaction. An idle writer
+//! commits a lone record at once: there is no timer. Each caller is answered after the
+//! commit that holds its rows returns, and SQLite's `synchronous=FULL` (PostgreSQL's
+//! `synchronous_commit`) means that is after the fsync, so one fsync serves a whole group.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use sea_orm::sea_query::{Condition, Expr, OnConflict, Query};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
+    TransactionTrait,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::StoreError;
+use super::entity::{api_key, log_entry, request_id, usage_stat};
+use crate::domain::record::NewLogEntry;
+use crate::domain::time::{day_of, hour_start_seconds};
+
+/// Rows a single multi-row INSERT carries: well under SQLite's 32,766 and PostgreSQL's
+/// 65,535 bound parameters.
+const INSERT_CHUNK_ROWS: usize = 1_000;
+/// Keys a single lookup carries; SQLite parses a chain of ORs as a deep tree (limit 1,000).
+const LOOKUP_CHUNK_KEYS: usize = 100;
+
+/// What became of one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// Newly stored under this id.
+    Stored(i64),
+    /// Its `request_id` was already stored, as this id.
+    Duplicate(i64),
+    /// Its key was purged; records for it are refused.
+    KeyDeleted,
+}
+
+/// Counters of the writer's work, for tests, metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Records newly stored.
+    pub rows: AtomicU64,
+}
+
+/// Tuning of the writer.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// Most records one transaction takes.
+    pub max_group_rows: usize,
+    /// Jobs (calls) that may wait for the writer before callers wait to enqueue.
+    pub queue_jobs: usize,
+}
+
+struct Job {
+    entries: Vec<NewLogEntry>,
+    reply: oneshot::Sender<Result<Vec<IngestOutcome>, StoreError>>,
+}
+
+/// The handle callers use to reach the writer; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+    stats: Arc<WriterStats>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("entries", &self.entries.len())
+            .finish()
+    }
+}
+
+impl Writer {
+    /// Starts the writer task. It ends once every `Writer` handle is dropped and the queue is
+    /// drained, so awaiting the handle after shutdown means every accepted job was answered.
+    /// While `available` is false (the health check failed) jobs fail fast as unavailable.
+    pub fn spawn(
+        db: DatabaseConnection,
+        config: WriterConfig,
+        available: Arc<AtomicBool>,
+    ) -> (Self, JoinHandle<()>) {
+        let (jobs, queue) = mpsc::channel(config.queue_jobs.max(1));
+        let stats = Arc::new(WriterStats::default());
+        let task = tokio::spawn(run(db, queue, config, available, Arc::clone(&stats)));
+        (Self { jobs, stats }, task)
+    }
+
+    /// Stores records (each on its own) and answers once they are durably committed.
+    pub async fn ingest(
+        &self,
+        entries: Vec<NewLogEntry>,
+    ) -> Result<Vec<IngestOutcome>, StoreError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { entries, reply })
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// The writer's counters, shared.
+    pub fn stats_handle(&self) -> Arc<WriterStats> {
+        Arc::clone(&self.stats)
+    }
+}
+
+async fn run(
+    db: DatabaseConnection,
+    mut queue: mpsc::Receiver<Job>,
+    config: WriterConfig,
+    available: Arc<AtomicBool>,
+    stats: Arc<WriterStats>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut rows = first.entries.len();
+        let mut group = vec![first];
+        while rows < config.max_group_rows {
+            match queue.try_recv() {
+                Ok(job) => {
+                    rows += job.entries.len();
+                    group.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        if !available.load(Ordering::Acquire) {
+            for job in group {
+                let reply = Err(StoreError::Unavailable("health check failing".into()));
+                let _ = job.reply.send(reply);
+            }
+            continue;
+        }
+        let entries: Vec<&NewLogEntry> = group.iter().flat_map(|job| &job.entries).collect();
+        match commit_group(&db, &entries).await {
+            Ok(outcomes) => {
+                record_stats(&stats, &outcomes);
+                let mut outcomes = outcomes.into_iter();
+                for job in group {
+                    let mine = outcomes.by_ref().take(job.entries.len()).collect();
+                    let _ = job.reply.send(Ok(mine));
+                }
+            }
+            Err(error) if group.len() > 1 => {
+                // One bad job must not fail its neighbours: commit each on its own.
+                tracing::warn!(%error, jobs = group.len(), "group commit failed, retrying jobs one by one");
+                for job in group {
+                    let entries: Vec<&NewLogEntry> = job.entries.iter().collect();
+                    let result = commit_group(&db, &entries).await;
+                    if let Ok(outcomes) = &result {
+                        record_stats(&stats, outcomes);
+                    }
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(error) => {
+                for job in group {
+                    let _ = job.reply.send(Err(clone_error(&error)));
+                }
+            }
+        }
+    }
+}
+
+fn record_stats(stats: &WriterStats, outcomes: &[IngestOutcome]) {
+    let stored = outcomes
+        .iter()
+        .filter(|outcome| matches!(outcome, IngestOutcome::Stored(_)))
+        .count();
+    stats.commits.fetch_add(1, Ordering::Relaxed);
+    stats.rows.fetch_add(stored as u64, Ordering::Relaxed);
+}
+
+fn clone_error(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::Unavailable(reason) => StoreError::Unavailable(reason.clone()),
+        StoreError::WriterStopped => StoreError::WriterStopped,
+        StoreError::Database(db_error) => StoreError::Database(DbErr::Custom(db_error.to_string())),
+    }
+}
+
+/// What the group decided for one record before ids exist.
+#[derive(Debug, Clone, Copy)]
+enum Decision {
+    Store,
+    Duplicate(i64),
+    DuplicateOfEarlier(usize),
+    KeyDeleted,
+}
+
+/// One transaction for a whole group: deleted-key check, idempotency, ids, rows, statistics.
+async fn commit_group(
+    db: &DatabaseConnection,
+    entries: &[&NewLogEntry],
+) -> Result<Vec<IngestOutcome>, StoreError> {
+    let txn = db.begin().await?;
+    let backend = txn.get_database_backend();
+
+    let deleted = deleted_keys(&txn, entries).await?;
+    let existing = existing_request_ids(&txn, entries).await?;
+
+    // Decide each record in order, so a repeated request_id inside the group is a duplicate
+    // of its first occurrence.
+    let mut decisions = Vec::with_capacity(entries.len());
+    let mut first_in_group: HashMap<(&str, &str), Vec<(i64, usize)>> = HashMap::new();
+    for (index, entry) in entries.iter().enumerate() {
+        if deleted.contains(&(entry.account_id.as_str(), entry.api_key_id.as_str())) {
+            decisions.push(Decision::KeyDeleted);
+            continue;
+        }
+        let Some(rid) = entry.request_id.as_deref() else {
+            decisions.push(Decision::Store);
+            continue;
+        };
+        let day = day_of(entry.ts_micros);
+        let key = (entry.account_id.as_str(), rid);
+        if let Some(log_id) = existing.get(&key).and_then(|days| within_a_day(days, day)) {
+            decisions.push(Decision::Duplicate(log_id));
+        } else if let Some(earlier) = first_in_group
+            .get(&key)
+            .and_then(|days| within_a_day(days, day))
+        {
+            decisions.push(Decision::DuplicateOfEarlier(earlier));
+        } else {
+            first_in_group.entry(key).or_default().push((day, index));
+            decisions.push(Decision::Store);
+        }
+    }
+
+    let to_store: Vec<usize> = (0..entries.len())
+        .filter(|&i| matches!(decisions[i], Decision::Store))
+        .collect();
+    let ids = reserve_ids(&txn, backend, to_store.len()).await?;
+    let mut assigned: HashMap<usize, i64> = to_store.iter().copied().zip(ids).collect();
+
+    // Claim the request ids first: a claim lost to another replica makes the record a
+    // duplicate before its row is written (the unique key, not a check-then-insert, decides).
+    let lost = claim_request_ids(&txn, entries, &assigned).await?;
+    for (index, log_id) in lost {
+        assigned.remove(&index);
+        decisions[index] = Decision::Duplicate(log_id);
+    }
+
+    insert_rows(&txn, entries, &assigned).await?;
+    upsert_usage(&txn, backend, entries, &assigned).await?;
+    txn.commit().await?;
+
+    let mut outcomes: Vec<IngestOutcome> = Vec::with_capacity(entries.len());
+    for (index, decision) in decisions.iter().enumerate() {
+        let outcome = match *decision {
+            Decision::KeyDeleted => IngestOutcome::KeyDeleted,
+            Decision::Duplicate(log_id) => IngestOutcome::Duplicate(log_id),
+            Decision::Store => match assigned.get(&index) {
+                Some(&id) => IngestOutcome::Stored(id),
+                None => outcomes_missing(index)?,
+            },
+            Decision::DuplicateOfEarlier(earlier) => match outcomes[earlier] {
+                IngestOutcome::Stored(id) | IngestOutcome::Duplicate(id) => {
+                    IngestOutcome::Duplicate(id)
+                }
+                IngestOutcome::KeyDeleted => IngestOutcome::KeyDeleted,
+            },
+        };
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+fn outcomes_missing(index: usize) -> Result<IngestOutcome, StoreError> {
+    Err(StoreError::Database(DbErr::Custom(format!(
+        "record {index} was neither stored nor a duplicate"
+    ))))
+}
+
+/// The log id stored under a key on a day within one day of `day`, if any.
+fn within_a_day<T: Copy>(days: &[(i64, T)], day: i64) -> Option<T> {
+    days.iter()
+        .find(|(stored_day, _)| (stored_day - day).abs() <= 1)
+        .map(|&(_, value)| value)
+}
+
+async fn deleted_keys<'a>(
+    txn: &DatabaseTransaction,
+    entries: &[&'a NewLogEntry],
+) -> Result<HashSet<(&'a str, &'a str)>, StoreError> {
+    let keys: HashSet<(&str, &str)> = entries
+        .iter()
+        .map(|entry| (entry.account_id.as_str(), entry.api_key_id.as_str()))
+        .collect();
+    let keys: Vec<(&str, &str)> = keys.into_iter().collect();
+    let mut deleted = HashSet::new();
+    for chunk in keys.chunks(LOOKUP_CHUNK_KEYS) {
+        let mut any = Condition::any();
+        for (account, key) in chunk {
+            any = any.add(
+                Condition::all()
+                    .add(Expr::col(api_key::Column::AccountId).eq(*account))
+                    .add(Expr::col(api_key::Column::ApiKeyId).eq(*key)),
+            );
+        }
+        let query = Query::select()
+            .columns([api_key::Column::AccountId, api_key::Column::ApiKeyId])
+            .from(api_key::Entity)
+            .and_where(Expr::col(api_key::Column::DeletedAt).is_not_null())
+            .cond_where(any)
+            .to_owned();
+        for row in txn
+            .query_all(txn.get_database_backend().build(&query))
+            .await?
+        {
+            let account: String = row.try_get("", "account_id")?;
+            let key: String = row.try_get("", "api_key_id")?;
+            if let Some(&found) = chunk.iter().find(|(a, k)| *a == account && *k == key) {
+                deleted.insert(found);
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// Stored request ids of the group's keys, on each record's day and both neighbours.
+async fn existing_request_ids<'a>(
+    txn: &DatabaseTransaction,
+    entries: &[&'a NewLogEntry],
+) -> Result<HashMap<(&'a str, &'a str), Vec<(i64, i64)>>, StoreError> {
+    let wanted: Vec<(i64, &str, &str)> = entries
+        .iter()
+        .filter_map(|entry| {
+            let rid = entry.request_id.as_deref()?;
+            Some((day_of(entry.ts_micros), entry.account_id.as_str(), rid))
+        })
+        .collect();
+    let mut found: HashMap<(&str, &str), Vec<(i64, i64)>> = HashMap::new();
+    for chunk in wanted.chunks(LOOKUP_CHUNK_KEYS) {
+        let mut any = Condition::any();
+        for (day, account, rid) in chunk {
+            any = any.add(
+                Condition::all()
+                    .add(Expr::col(request_id::Column::Day).is_in([day - 1, *day, day + 1]))
+                    .add(Expr::col(request_id::Column::AccountId).eq(*account))
+                    .add(Expr::col(request_id::Column::RequestId).eq(*rid)),
+            );
+        }
+        let query = Query::select()
+            .columns([
+                request_id::Column::Day,
+                request_id::Column::AccountId,
+                request_id::Column::RequestId,
+                request_id::Column::LogId,
+            ])
+            .from(request_id::Entity)
+            .cond_where(any)
+            .to_owned();
+        for row in txn
+            .query_all(txn.get_database_backend().build(&query))
+            .await?
+        {
+            let account: String = row.try_get("", "account_id")?;
+            let rid: String = row.try_get("", "request_id")?;
+            let day: i64 = row.try_get("", "day")?;
+            let log_id: i64 = row.try_get("", "log_id")?;
+            if let Some(&(_, a, r)) = chunk.iter().find(|(_, a, r)| *a == account && *r == rid) {
+                found.entry((a, r)).or_default().push((day, log_id));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Reserves `count` fresh log ids, in increasing order.
+async fn reserve_ids(
+    txn: &DatabaseTransaction,
+    backend: DbBackend,
+    count: usize,
+) -> Result<Vec<i64>, StoreError> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let count_i64 = i64::try_from(count).unwrap_or(i64::MAX);
+    match backend {
+        DbBackend::Postgres => {
+            let rows = txn
+                .query_all(Statement::from_sql_and_values(
+                    backend,
+                    "SELECT nextval('log_entries_id_seq') AS id FROM generate_series(1, $1)",
+                    [count_i64.into()],
+                ))
+                .await?;
+            let mut ids = rows
+                .iter()
+                .map(|row| row.try_get::<i64>("", "id"))
+                .collect::<Result<Vec<_>, _>>()?;
+            ids.sort_unstable();
+            Ok(ids)
+        }
+        _ => {
+            // AUTOINCREMENT's high-water mark: ids of purged rows are never reused. The
+            // explicit inserts below move the mark; the write transaction serialises writers.
+            let row = txn
+                .query_one(Statement::from_string(
+                    backend,
+                    "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'log_entries'), 0) AS seq",
+                ))
+                .await?;
+            let high: i64 = match row {
+                Some(row) => row.try_get("", "seq")?,
+                None => 0,
+            };
+            Ok((1..=count_i64).map(|offset| high + offset).collect())
+        }
+    }
+}
+
+/// Inserts the request ids of the records to store; returns those another writer claimed
+/// first (index, the other writer's log id). Only replicas racing on PostgreSQL lose claims.
+async fn claim_request_ids(
+    txn: &DatabaseTransaction,
+    entries: &[&NewLogEntry],
+    assigned: &HashMap<usize, i64>,
+) -> Result<Vec<(usize, i64)>, StoreError> {
+    let mut claims: Vec<(usize, i64, &str, &str, i64)> = assigned
+        .iter()
+        .filter_map(|(&index, &log_id)| {
+            let entry = entries[index];
+            let rid = entry.request_id.as_deref()?;
+            Some((
+                index,
+                day_of(entry.ts_micros),
+                entry.account_id.as_str(),
+                rid,
+                log_id,
+            ))
+        })
+        .collect();
+    claims.sort_unstable_by_key(|claim| claim.0);
+    let mut lost = Vec::new();
+    for chunk in claims.chunks(INSERT_CHUNK_ROWS) {
+        let mut insert = Query::insert();
+        insert
+            .into_table(request_id::Entity)
+            .columns([
+                request_id::Column::Day,
+                request_id::Column::AccountId,
+                request_id::Column::RequestId,
+                request_id::Column::LogId,
+            ])
+            .on_conflict(
+                OnConflict::columns([
+                    request_id::Column::Day,
+                    request_id::Column::AccountId,
+                    request_id::Column::RequestId,
+                ])
+                .do_nothing()
+                .to_owned(),
+            )
+            .returning_col(request_id::Column::LogId);
+        for &(_, day, account, rid, log_id) in chunk {
+            insert
+                .values([day.into(), account.into(), rid.into(), log_id.into()])
+                .map_err(|error| StoreError::Database(DbErr::Custom(error.to_string())))?;
+        }
+        let rows = txn
+            .query_all(txn.get_database_backend().build(&insert))
+            .await?;
+        if rows.len() == chunk.len() {
+            continue;
+        }
+        let claimed: HashSet<i64> = rows
+            .iter()
+            .map(|row| row.try_get::<i64>("", "log_id"))
+            .collect::<Result<_, _>>()?;
+        for &(index, day, account, rid, log_id) in chunk {
+            if claimed.contains(&log_id) {
+                continue;
+            }
+            let query = Query::select()
+                .column(request_id::Column::LogId)
+                .from(request_id::Entity)
+                .and_where(Expr::col(request_id::Column::Day).eq(day))
+                .and_where(Expr::col(request_id::Column::AccountId).eq(account))
+                .and_where(Expr::col(request_id::Column::RequestId).eq(rid))
+                .to_owned();
+            let row = txn
+                .query_one(txn.get_database_backend().build(&query))
+                .await?;
+            if let Some(row) = row {
+                lost.push((index, row.try_get::<i64>("", "log_id")?));
+            }
+        }
+    }
+    Ok(lost)
+}
+
+async fn insert_rows(
+    txn: &DatabaseTransaction,
+    entries: &[&NewLogEntry],
+    assigned: &HashMap<usize, i64>,
+) -> Result<(), StoreError> {
+    let mut rows: Vec<(i64, &NewLogEntry)> = assigned
+        .iter()
+        .map(|(&index, &id)| (id, entries[index]))
+        .collect();
+    rows.sort_unstable_by_key(|row| row.0);
+    for chunk in rows.chunks(INSERT_CHUNK_ROWS) {
+        let mut insert = Query::insert();
+        insert.into_table(log_entry::Entity).columns([
+            log_entry::Column::Id,
+            log_entry::Column::AccountId,
+            log_entry::Column::Ts,
+            log_entry::Column::RequestId,
+            log_entry::Column::ApiKeyId,
+            log_entry::Column::ApiKeyName,
+            log_entry::Column::ApiKeyPrefix,
+            log_entry::Column::Method,
+            log_entry::Column::Endpoint,
+            log_entry::Column::QueryParams,
+            log_entry::Column::StatusCode,
+            log_entry::Column::ErrorCode,
+            log_entry::Column::IpHash,
+            log_entry::Column::UserAgent,
+            log_entry::Column::DurationMs,
+        ]);
+        for &(id, entry) in chunk {
+            insert
+                .values([
+                    id.into(),
+                    entry.account_id.as_str().into(),
+                    entry.ts_micros.into(),
+                    entry.request_id.as_deref().into(),
+                    entry.api_key_id.as_str().into(),
+                    entry.api_key_name.as_str().into(),
+                    entry.api_key_prefix.as_str().into(),
+                    entry.method.into(),
+                    entry.endpoint.as_str().into(),
+                    entry.query_params.as_deref().into(),
+                    entry.status_code.into(),
+                    entry.error_code.as_deref().into(),
+                    entry.ip_hash.as_str().into(),
+                    entry.user_agent.as_str().into(),
+                    i64::from(entry.duration_ms).into(),
+                ])
+                .map_err(|error| StoreError::Database(DbErr::Custom(error.to_string())))?;
+        }
+        txn.execute(txn.get_database_backend().build(&insert))
+            .await?;
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct UsageDelta {
+    requests: i64,
+    errors: i64,
+    total_ms: i64,
+    max_ms: i64,
+}
+
+/// Adds the stored rows to the hourly counters, in the same transaction as the rows.
+async fn upsert_usage(
+    txn: &DatabaseTransaction,
+    backend: DbBackend,
+    entries: &[&NewLogEntry],
+    assigned: &HashMap<usize, i64>,
+) -> Result<(), StoreError> {
+    let mut deltas: HashMap<(&str, i64, &str, &str, &str, i32), UsageDelta> = HashMap::new();
+    for &index in assigned.keys() {
+        let entry = entries[index];
+        let delta = deltas
+            .entry((
+                entry.account_id.as_str(),
+                hour_start_seconds(entry.ts_micros),
+                entry.api_key_id.as_str(),
+                entry.endpoint.as_str(),
+                entry.method,
+                entry.status_code,
+            ))
+            .or_default();
+        delta.requests += 1;
+        delta.errors += i64::from(entry.status_code >= 400);
+        delta.total_ms += i64::from(entry.duration_ms);
+        delta.max_ms = delta.max_ms.max(i64::from(entry.duration_ms));
+    }
+    let greatest = match backend {
+        DbBackend::Postgres => "GREATEST",
+        _ => "MAX",
+    };
+    let mut deltas: Vec<_> = deltas.into_iter().collect();
+    // A stable order keeps concurrent upserts on PostgreSQL from deadlocking on row locks.
+    deltas.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for chunk in deltas.chunks(INSERT_CHUNK_ROWS) {
+        let mut insert = Query::insert();
+        insert
+            .into_table(usage_stat::Entity)
+            .columns([
+                usage_stat::Column::AccountId,
+                usage_stat::Column::BucketStart,
+                usage_stat::Column::ApiKeyId,
+                usage_stat::Column::Endpoint,
+                usage_stat::Column::Method,
+                usage_stat::Column::StatusCode,
+                usage_stat::Column::RequestCount,
+                usage_stat::Column::ErrorCount,
+                usage_stat::Column::TotalDurationMs,
+                usage_stat::Column::MaxDurationMs,
+            ])
+            .on_conflict(
+                OnConflict::columns([
+                    usage_stat::Column::AccountId,
+                    usage_stat::Column::BucketStart,
+                    usage_stat::Column::ApiKeyId,
+                    usage_stat::Column::Endpoint,
+                    usage_stat::Column::Method,
+                    usage_stat::Column::StatusCode,
+                ])
+                .values([
+                    (usage_stat::Column::RequestCount, Expr::cust(r#""usage_stats"."request_count" + "excluded"."request_count""#)),
+                    (usage_stat::Column::ErrorCount, Expr::cust(r#""usage_stats"."error_count" + "excluded"."error_count""#)),
+                    (usage_stat::Column::TotalDurationMs, Expr::cust(r#""usage_stats"."total_duration_ms" + "excluded"."total_duration_ms""#)),
+                    (usage_stat::Column::MaxDurationMs, Expr::cust(format!(r#"{greatest}("usage_stats"."max_duration_ms", "excluded"."max_duration_ms")"#))),
+                ])
+                .to_owned(),
+            );
+        for ((account, bucket, key, endpoint, method, status), delta) in chunk {
+            insert
+                .values([
+                    (*account).into(),
+                    (*bucket).into(),
+                    (*key).into(),
+                    (*endpoint).into(),
+                    (*method).into(),
+                    (*status).into(),
+                    delta.requests.into(),
+                    delta.errors.into(),
+                    delta.total_ms.into(),
+                    delta.max_ms.into(),
+                ])
+                .map_err(|error| StoreError::Database(DbErr::Custom(error.to_string())))?;
+        }
+        txn.execute(backend.build(&insert)).await?;
+    }
+    Ok(())
+}
