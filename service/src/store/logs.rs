@@ -2,11 +2,10 @@
 
 use std::collections::HashMap;
 
-use sea_orm::sea_query::extension::postgres::PgExpr;
-use sea_orm::sea_query::{Condition, Expr, LikeExpr, NullOrdering, SimpleExpr};
+use sea_orm::sea_query::{Condition, Expr, NullOrdering, SimpleExpr};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, Order, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    QueryOrder, QuerySelect, Select,
 };
 
 use super::StoreError;
@@ -30,14 +29,8 @@ pub async fn page(
     after: Option<&Cursor>,
     page_size: u32,
 ) -> Result<Page, StoreError> {
-    let backend = db.get_database_backend();
-    let mut condition = filter_condition(backend, &query.account_id, &query.filter);
-    if let Some(cursor) = after {
-        condition = condition.add(after_cursor(query.order, cursor));
-    }
-    let mut select = log_entry::Entity::find().filter(condition);
-    select = apply_order(select, backend, query.order);
-    let mut rows = select.limit(u64::from(page_size) + 1).all(db).await?;
+    let select = page_select(db.get_database_backend(), query, after, page_size);
+    let mut rows = select.all(db).await?;
     let next = if rows.len() > page_size as usize {
         rows.truncate(page_size as usize);
         rows.last().map(|last| cursor_of(query.order.field, last))
@@ -45,6 +38,21 @@ pub async fn page(
         None
     };
     Ok(Page { rows, next })
+}
+
+/// The SELECT behind [`page`]: `page_size + 1` rows, so that a following page is known.
+pub fn page_select(
+    backend: DbBackend,
+    query: &LogQuery,
+    after: Option<&Cursor>,
+    page_size: u32,
+) -> Select<log_entry::Entity> {
+    let mut condition = filter_condition(backend, &query.account_id, &query.filter);
+    if let Some(cursor) = after {
+        condition = condition.add(after_cursor(query.order, cursor));
+    }
+    let select = log_entry::Entity::find().filter(condition);
+    apply_order(select, backend, query.order).limit(u64::from(page_size) + 1)
 }
 
 /// How many rows match the query's account and filter.
@@ -116,10 +124,10 @@ fn cursor_of(field: SortField, row: &log_entry::Model) -> Cursor {
 /// that by itself, PostgreSQL is told (only for nullable columns, so that the non-null ones
 /// still match their indexes' order).
 fn apply_order(
-    select: sea_orm::Select<log_entry::Entity>,
+    select: Select<log_entry::Entity>,
     backend: DbBackend,
     order: SortOrder,
-) -> sea_orm::Select<log_entry::Entity> {
+) -> Select<log_entry::Entity> {
     let direction = if order.descending {
         Order::Desc
     } else {
@@ -189,14 +197,14 @@ fn like_pattern(term: &str) -> String {
     pattern
 }
 
-/// Case-insensitive (ASCII at least) substring match: SQLite's LIKE folds ASCII case by
-/// default; PostgreSQL needs ILIKE.
-fn contains(backend: DbBackend, target: SimpleExpr, pattern: &str) -> SimpleExpr {
-    let like = LikeExpr::new(pattern).escape('\\');
-    match backend {
-        DbBackend::Postgres => Expr::expr(target).ilike(like),
-        _ => Expr::expr(target).like(like),
-    }
+/// Case-insensitive (ASCII at least) substring match of `target` (SQL text): SQLite's LIKE
+/// folds ASCII case by default; PostgreSQL needs ILIKE.
+fn contains(backend: DbBackend, target: &str, pattern: &str) -> SimpleExpr {
+    let sql = match backend {
+        DbBackend::Postgres => format!(r"{target} ILIKE $1 ESCAPE '\'"),
+        _ => format!(r"{target} LIKE ? ESCAPE '\'"),
+    };
+    Expr::cust_with_values(sql, [pattern])
 }
 
 /// The WHERE clause for an account's rows under a filter.
@@ -206,19 +214,18 @@ pub fn filter_condition(backend: DbBackend, account_id: &str, filter: &LogFilter
     if let Some(term) = &filter.search {
         let pattern = like_pattern(term);
         let mut any = Condition::any();
-        for col in [
-            C::ApiKeyName,
-            C::ApiKeyPrefix,
-            C::Method,
-            C::Endpoint,
-            C::QueryParams,
-            C::ErrorCode,
-            C::IpHash,
+        for target in [
+            r#""api_key_name""#,
+            r#""api_key_prefix""#,
+            r#""method""#,
+            r#""endpoint""#,
+            r#""query_params""#,
+            r#""error_code""#,
+            r#""ip_hash""#,
+            r#"CAST("status_code" AS TEXT)"#,
         ] {
-            any = any.add(contains(backend, Expr::col(col).into(), &pattern));
+            any = any.add(contains(backend, target, &pattern));
         }
-        let status_text = Expr::cust(r#"CAST("status_code" AS TEXT)"#);
-        any = any.add(contains(backend, status_text, &pattern));
         all = all.add(any);
     }
     if !filter.api_key_ids.is_empty() {
@@ -250,14 +257,17 @@ pub fn filter_condition(backend: DbBackend, account_id: &str, filter: &LogFilter
         all = all.add(C::IpHash.lt(format!("{prefix}g")));
     }
     if let Some(prefix) = &filter.endpoint_prefix {
-        all = all.add(C::Endpoint.like(LikeExpr::new(prefix_pattern(prefix)).escape('\\')));
-        // LIKE folds ASCII case in SQLite; paths are case-sensitive, so compare exactly too.
+        // Paths are case-sensitive, so not LIKE (which folds case in SQLite); SUBSTR counts
+        // characters on both backends.
+        let sql = match backend {
+            DbBackend::Postgres => r#"SUBSTR("endpoint", 1, $1) = $2"#,
+            _ => r#"SUBSTR("endpoint", 1, ?) = ?"#,
+        };
+        let length = i32::try_from(prefix.chars().count()).unwrap_or(i32::MAX);
         all = all.add(Expr::cust_with_values(
-            r#"SUBSTR("endpoint", 1, ?) = ?"#,
+            sql,
             [
-                i64::try_from(prefix.chars().count())
-                    .unwrap_or(i64::MAX)
-                    .into(),
+                sea_orm::Value::from(length),
                 sea_orm::Value::from(prefix.as_str()),
             ],
         ));
@@ -271,12 +281,6 @@ pub fn filter_condition(backend: DbBackend, account_id: &str, filter: &LogFilter
     all
 }
 
-fn prefix_pattern(prefix: &str) -> String {
-    let mut pattern = like_pattern(prefix);
-    pattern.remove(0);
-    pattern
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +288,5 @@ mod tests {
     #[test]
     fn like_patterns_escape_wildcards() {
         assert_eq!(like_pattern("a%b_c\\d"), r"%a\%b\_c\\d%");
-        assert_eq!(prefix_pattern("/v1_"), r"/v1\_%");
     }
 }

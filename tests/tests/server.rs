@@ -1,0 +1,244 @@
+//! The server as a whole: refused options, health, reflection, migrations.
+
+use std::time::Duration;
+
+use reqlog_client::{ClientError, pb};
+use reqlog_migrations::{Migrator, MigratorTrait};
+use reqlog_service::Application;
+use reqlog_tests::{Backend, TestDb, TestServer, backend_tests, record, test_config};
+use sea_orm::{ConnectionTrait, Database};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+backend_tests!(
+    health_follows_the_database,
+    migrations_run_up_and_down,
+    reflection_lists_every_service,
+    unimplemented_rpcs_say_so,
+);
+
+async fn status_of(server: &TestServer, service: &str) -> ServingStatus {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .expect("a valid endpoint")
+        .connect()
+        .await
+        .expect("health client should connect");
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .expect("health check should answer");
+    response.into_inner().status()
+}
+
+async fn wait_for_status(server: &TestServer, wanted: ServingStatus) {
+    for _ in 0..100 {
+        if status_of(server, "").await == wanted {
+            for service in [
+                "reqlog.v1.IngestService",
+                "reqlog.v1.LogService",
+                "reqlog.v1.AdminService",
+            ] {
+                assert_eq!(status_of(server, service).await, wanted, "{service}");
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("health never became {wanted:?}");
+}
+
+/// Makes the database unreachable and reachable again, in the way each backend allows.
+async fn cut_database(server: &TestServer, cut: bool) {
+    match server.test_db.backend {
+        Backend::Sqlite => {
+            let file = server.test_db.sqlite_file().expect("an SQLite file");
+            let aside = file.with_extension("aside");
+            if cut {
+                std::fs::rename(&file, &aside).expect("the database file should move aside");
+            } else {
+                std::fs::rename(&aside, &file).expect("the database file should move back");
+            }
+        }
+        Backend::Postgres => {
+            let name = server
+                .test_db
+                .url
+                .rsplit('/')
+                .next()
+                .expect("a database name")
+                .to_owned();
+            let admin_url =
+                std::env::var(reqlog_tests::POSTGRES_URL_VAR).expect("set for PostgreSQL runs");
+            let admin = Database::connect(&admin_url)
+                .await
+                .expect("admin connection");
+            let allow = if cut { "false" } else { "true" };
+            admin
+                .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {allow}"))
+                .await
+                .expect("alter database");
+            if cut {
+                admin
+                    .execute_unprepared(&format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+                    ))
+                    .await
+                    .expect("terminate connections");
+            }
+            admin.close().await.ok();
+        }
+    }
+}
+
+async fn health_follows_the_database(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    wait_for_status(&server, ServingStatus::Serving).await;
+    server
+        .client
+        .record(record("acct_h", 1))
+        .await
+        .expect("healthy ingest");
+
+    cut_database(&server, true).await;
+    wait_for_status(&server, ServingStatus::NotServing).await;
+    let error = server
+        .client
+        .record(record("acct_h", 2))
+        .await
+        .expect_err("nothing is acknowledged");
+    assert!(matches!(error, ClientError::Unavailable(_)), "{error:?}");
+    assert!(error.is_retryable());
+
+    cut_database(&server, false).await;
+    wait_for_status(&server, ServingStatus::Serving).await;
+    server
+        .client
+        .record(record("acct_h", 3))
+        .await
+        .expect("ingest recovers");
+    server.shutdown().await;
+}
+
+async fn migrations_run_up_and_down(backend: Backend) {
+    let Some(test_db) = TestDb::create(backend).await else {
+        return;
+    };
+    let db = Database::connect(&test_db.url).await.expect("connect");
+    Migrator::up(&db, None).await.expect("up");
+    assert!(
+        Migrator::get_pending_migrations(&db)
+            .await
+            .expect("status")
+            .is_empty()
+    );
+    Migrator::down(&db, None).await.expect("down");
+    assert_eq!(
+        Migrator::get_pending_migrations(&db)
+            .await
+            .expect("status")
+            .len(),
+        Migrator::migrations().len()
+    );
+    let leftover = db
+        .query_one(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            match backend {
+                Backend::Sqlite => "SELECT COUNT(*) AS n FROM sqlite_master WHERE name IN ('log_entries', 'request_ids', 'usage_stats')",
+                Backend::Postgres => "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_name IN ('log_entries', 'request_ids', 'usage_stats')",
+            },
+        ))
+        .await
+        .expect("catalog query")
+        .expect("a count");
+    assert_eq!(leftover.try_get::<i64>("", "n").expect("n"), 0);
+    Migrator::up(&db, None).await.expect("up again");
+    db.close().await.ok();
+    test_db.remove().await;
+}
+
+async fn reflection_lists_every_service(backend: Backend) {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .expect("reflection should answer")
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .expect("a message")
+        .expect("one response");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("expected a service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for wanted in [
+        "reqlog.v1.IngestService",
+        "reqlog.v1.LogService",
+        "reqlog.v1.AdminService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.iter().any(|n| n == wanted), "{wanted} in {names:?}");
+    }
+    server.shutdown().await;
+}
+
+async fn unimplemented_rpcs_say_so(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let status = server
+        .client
+        .admin()
+        .run_retention_sweep(pb::RunRetentionSweepRequest::default())
+        .await
+        .expect_err("not implemented yet");
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_auth_file_is_refused_until_access_control_lands() {
+    let test_db = TestDb::create(Backend::Sqlite)
+        .await
+        .expect("sqlite always works");
+    let mut config = test_config(&test_db.url);
+    config.auth_file = Some("auth.toml".into());
+    let error = Application::build(&config)
+        .await
+        .expect_err("must not start");
+    assert!(error.to_string().contains("--auth-file"), "{error}");
+}
+
+#[tokio::test]
+async fn a_non_loopback_listen_address_is_refused_without_access_control() {
+    let test_db = TestDb::create(Backend::Sqlite)
+        .await
+        .expect("sqlite always works");
+    let mut config = test_config(&test_db.url);
+    config.listen = "0.0.0.0:0".parse().expect("address");
+    let error = Application::build(&config)
+        .await
+        .expect_err("must not start");
+    assert!(error.to_string().contains("0.0.0.0"), "{error}");
+}
