@@ -230,7 +230,7 @@ pub fn record(account: &str, n: usize) -> pb::RequestRecord {
         api_key_prefix: format!("bye_K{}", n % 3),
         method: METHODS[n % METHODS.len()].to_owned(),
         endpoint: format!("/v1/items/{}", n % 7),
-        query_string: if n % 2 == 0 {
+        query_string: if n.is_multiple_of(2) {
             format!("page={n}")
         } else {
             String::new()

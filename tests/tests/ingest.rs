@@ -509,7 +509,7 @@ async fn concurrent_duplicates_store_one_row(backend: Backend) {
         return;
     };
     let mut calls = Vec::new();
-    for caller in 0..16 {
+    for _caller in 0..16 {
         let client = server.client.clone();
         calls.push(tokio::spawn(async move {
             let mut outcomes = Vec::new();
@@ -517,7 +517,7 @@ async fn concurrent_duplicates_store_one_row(backend: Backend) {
                 // Every caller sends the same 20 request ids.
                 let record = pb::RequestRecord {
                     request_id: format!("shared-{n}"),
-                    ..record("acct_c", n + caller * 0)
+                    ..record("acct_c", n)
                 };
                 outcomes.push(client.record(record).await.expect("record"));
             }

@@ -348,7 +348,8 @@ async fn each_filter_alone_and_combined(backend: Backend) {
     let ts = |e: &pb::LogEntry| e.timestamp.expect("ts").seconds;
     let mid = ts(&all[100]);
     let hash = all[3].ip_hash.clone();
-    let cases: Vec<(&str, pb::LogFilter, Box<dyn Fn(&pb::LogEntry) -> bool>)> = vec![
+    type Keep = Box<dyn Fn(&pb::LogEntry) -> bool>;
+    let cases: Vec<(&str, pb::LogFilter, Keep)> = vec![
         (
             "key ids",
             pb::LogFilter {
