@@ -29,7 +29,8 @@ impl LogApi {
     }
 }
 
-type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportLogsResponse, Status>> + Send>>;
+/// The stream of an export: chunks, then the summary.
+pub type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportLogsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl LogService for LogApi {

@@ -2,5 +2,7 @@
 
 pub mod admin;
 pub mod convert;
+pub mod export;
 pub mod ingest;
 pub mod logs;
+pub mod stats;
