@@ -22,6 +22,7 @@ use crate::grpc::admin::AdminApi;
 use crate::grpc::ingest::IngestApi;
 use crate::grpc::logs::LogApi;
 use crate::health::{DbMonitor, set_all};
+use crate::lifecycle::Lifecycle;
 use crate::store::writer::{Writer, WriterConfig, WriterStats};
 use crate::store::{self, DbOptions, StoreError};
 
@@ -165,6 +166,15 @@ impl Application {
                 None => Sanitizer::default(),
             },
         });
+        let lifecycle = Lifecycle::new(
+            db.clone(),
+            writer.clone(),
+            config.default_plan,
+            config.delete_batch_rows,
+        );
+        let sweeper = (!config.sweep_interval.is_zero())
+            .then(|| tokio::spawn(lifecycle.clone().run_periodic(config.sweep_interval)));
+        let admin = AdminApi::new(writer.clone(), lifecycle);
         let ingest = IngestApi::new(rules, writer, config.max_batch_size as usize);
         let logs = LogApi::new(db.clone(), tokens);
 
@@ -190,12 +200,16 @@ impl Application {
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
-            .add_service(pb::admin_service_server::AdminServiceServer::new(AdminApi))
+            .add_service(pb::admin_service_server::AdminServiceServer::new(admin))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await?;
 
         // The services (and with them every writer handle) are dropped: the writer drains
-        // its queue, answers, and ends.
+        // its queue, answers, and ends. The sweeper holds a handle too: stop it first.
+        if let Some(sweeper) = sweeper {
+            sweeper.abort();
+            let _ = sweeper.await;
+        }
         if let Err(error) = writer_task.await {
             tracing::error!(%error, "writer task failed");
         }

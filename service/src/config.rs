@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::domain::lifecycle::Plan;
+
 /// `reqlog`: the request-log service.
 #[derive(Debug, Parser)]
 #[command(name = "reqlog", version, about)]
@@ -82,6 +84,20 @@ pub struct Config {
           value_parser = parse_duration)]
     pub health_check_interval: Duration,
 
+    /// How often the retention sweep runs by itself, e.g. `1h`, `30m`; `0` turns it off (the
+    /// RunRetentionSweep RPC still works).
+    #[arg(long, env = "REQLOG_SWEEP_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub sweep_interval: Duration,
+
+    /// The plan of accounts never given one by SetAccountPlan.
+    #[arg(long, env = "REQLOG_DEFAULT_PLAN", value_enum, default_value_t = Plan::Free)]
+    pub default_plan: Plan,
+
+    /// Rows one purge or sweep transaction deletes; ingest runs between batches.
+    #[arg(long, env = "REQLOG_DELETE_BATCH_ROWS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub delete_batch_rows: u64,
+
     /// Log format on stderr; the level comes from `RUST_LOG`.
     #[arg(long, env = "REQLOG_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -110,6 +126,9 @@ impl fmt::Debug for Config {
             .field("redact_params", &self.redact_params)
             .field("db_max_connections", &self.db_max_connections)
             .field("health_check_interval", &self.health_check_interval)
+            .field("sweep_interval", &self.sweep_interval)
+            .field("default_plan", &self.default_plan)
+            .field("delete_batch_rows", &self.delete_batch_rows)
             .field("log_format", &self.log_format)
             .finish()
     }

@@ -9,6 +9,7 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod health;
+pub mod lifecycle;
 pub mod store;
 pub mod telemetry;
 

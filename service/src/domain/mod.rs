@@ -1,7 +1,9 @@
 //! Validated domain types and the rules that make them: no tonic, no SeaORM.
 
+pub mod export;
 pub mod filter;
 pub mod ip;
+pub mod lifecycle;
 pub mod page_token;
 pub mod query;
 pub mod record;

@@ -4,6 +4,7 @@ use reqlog_client::pb;
 
 use crate::domain::Violation;
 use crate::domain::filter::{FilterInput, LogFilter, SortField, SortOrder};
+use crate::domain::lifecycle::{KeyStatus, Plan, Retention};
 use crate::domain::record::RecordInput;
 use crate::domain::time::{OutOfRange, micros_from_parts, parts_from_micros};
 use crate::store::entity::{api_key, log_entry};
@@ -135,4 +136,76 @@ pub fn log_entry(row: log_entry::Model, status: pb::ApiKeyStatus) -> pb::LogEntr
         duration_ms: u32::try_from(row.duration_ms).unwrap_or(u32::MAX),
         timestamp: Some(timestamp(row.ts)),
     }
+}
+
+/// A plan from the proto; UNSPECIFIED and unknown values are refused.
+pub fn plan(value: i32) -> Result<Plan, Violation> {
+    match pb::Plan::try_from(value) {
+        Ok(pb::Plan::Free) => Ok(Plan::Free),
+        Ok(pb::Plan::Starter) => Ok(Plan::Starter),
+        Ok(pb::Plan::Pro) => Ok(Plan::Pro),
+        Ok(pb::Plan::Scale) => Ok(Plan::Scale),
+        Ok(pb::Plan::Enterprise) => Ok(Plan::Enterprise),
+        Ok(pb::Plan::Unspecified) => Err(Violation::new("plan", "must be set")),
+        Err(_) => Err(Violation::new("plan", "is not a known plan")),
+    }
+}
+
+/// A plan as the proto enum.
+pub fn plan_to_pb(plan: Plan) -> pb::Plan {
+    match plan {
+        Plan::Free => pb::Plan::Free,
+        Plan::Starter => pb::Plan::Starter,
+        Plan::Pro => pb::Plan::Pro,
+        Plan::Scale => pb::Plan::Scale,
+        Plan::Enterprise => pb::Plan::Enterprise,
+    }
+}
+
+/// A key status from the proto; UNSPECIFIED and unknown values are refused.
+pub fn key_status_from_pb(value: i32) -> Result<KeyStatus, Violation> {
+    match pb::ApiKeyStatus::try_from(value) {
+        Ok(pb::ApiKeyStatus::Active) => Ok(KeyStatus::Active),
+        Ok(pb::ApiKeyStatus::Rotated) => Ok(KeyStatus::Rotated),
+        Ok(pb::ApiKeyStatus::Expired) => Ok(KeyStatus::Expired),
+        Ok(pb::ApiKeyStatus::Inactive) => Ok(KeyStatus::Inactive),
+        Ok(pb::ApiKeyStatus::Unspecified) => Err(Violation::new("status", "must be set")),
+        Err(_) => Err(Violation::new("status", "is not a known status")),
+    }
+}
+
+/// A stored key as the proto message, with its effective status at `now_micros`.
+pub fn api_key(key: api_key::Model, now_micros: i64) -> pb::ApiKey {
+    let status = effective_key_status(Some(&key), now_micros);
+    pb::ApiKey {
+        account_id: key.account_id,
+        api_key_id: key.api_key_id,
+        name: key.name,
+        prefix: key.prefix,
+        status: status.into(),
+        expires_at: key.expires_at.map(timestamp),
+        deleted_at: key.deleted_at.map(timestamp),
+    }
+}
+
+/// An account's plan as the proto message.
+pub fn account_plan(account_id: &str, retention: Retention) -> pb::AccountPlan {
+    pb::AccountPlan {
+        account_id: account_id.to_owned(),
+        plan: plan_to_pb(retention.plan).into(),
+        retention_days_override: retention.override_days,
+        effective_retention_days: retention.days(),
+    }
+}
+
+/// An optional proto timestamp as microseconds, naming `field` when out of range.
+pub fn optional_micros(
+    field: &str,
+    timestamp: Option<&prost_types::Timestamp>,
+) -> Result<Option<i64>, Violation> {
+    timestamp
+        .map(|ts| {
+            micros(ts).map_err(|OutOfRange| Violation::new(field, "must lie between 1970 and 9999"))
+        })
+        .transpose()
 }

@@ -9,6 +9,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use super::export::{self, ExportLimit};
 use crate::domain::filter::{LogQuery, effective_page_size};
 use crate::domain::page_token::PageTokenKey;
 use crate::domain::time::now_micros;
@@ -20,12 +21,18 @@ use crate::store::logs;
 pub struct LogApi {
     db: DatabaseConnection,
     tokens: PageTokenKey,
+    exports: ExportLimit,
 }
 
 impl LogApi {
     /// A log service reading from `db`, sealing page tokens with `tokens`.
     pub fn new(db: DatabaseConnection, tokens: PageTokenKey) -> Self {
-        Self { db, tokens }
+        let exports = ExportLimit::for_pool(&db);
+        Self {
+            db,
+            tokens,
+            exports,
+        }
     }
 }
 
@@ -91,17 +98,16 @@ impl LogService for LogApi {
 
     async fn export_logs(
         &self,
-        _request: Request<pb::ExportLogsRequest>,
+        request: Request<pb::ExportLogsRequest>,
     ) -> Result<Response<Self::ExportLogsStream>, Status> {
-        Err(Status::unimplemented("ExportLogs is not implemented yet"))
+        export::export_logs(&self.db, &self.exports, request.into_inner()).await
     }
 
+    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id))]
     async fn get_usage_stats(
         &self,
-        _request: Request<pb::GetUsageStatsRequest>,
+        request: Request<pb::GetUsageStatsRequest>,
     ) -> Result<Response<pb::GetUsageStatsResponse>, Status> {
-        Err(Status::unimplemented(
-            "GetUsageStats is not implemented yet",
-        ))
+        super::stats::get_usage_stats(&self.db, request.into_inner()).await
     }
 }

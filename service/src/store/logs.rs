@@ -103,7 +103,8 @@ fn column(field: SortField) -> log_entry::Column {
     }
 }
 
-fn cursor_of(field: SortField, row: &log_entry::Model) -> Cursor {
+/// The keyset position of `row` in an order on `field`: what the next page starts after.
+pub fn cursor_of(field: SortField, row: &log_entry::Model) -> Cursor {
     let text = |value: &str| CursorValue::Text(value.to_owned());
     let value = match field {
         SortField::Timestamp => CursorValue::Int(row.ts),

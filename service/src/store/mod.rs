@@ -1,6 +1,8 @@
 //! Storage: SeaORM entities, the single writer and the queries. The only place `DbErr` is seen.
 
+pub mod admin;
 pub mod entity;
+pub mod export;
 pub mod logs;
 pub mod settings;
 pub mod writer;

@@ -7,9 +7,11 @@
 //! `synchronous_commit`) means that is after the fsync, so one fsync serves a whole group.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use futures_util::future::BoxFuture;
 use sea_orm::sea_query::{Condition, Expr, OnConflict, Query};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
@@ -58,7 +60,16 @@ pub struct WriterConfig {
     pub queue_jobs: usize,
 }
 
-struct Job {
+/// A write that is not an ingest: purge and sweep batches, key and plan changes. It runs
+/// between groups, in queue order, so it is ordered against every ingest around it.
+type Task = Box<dyn FnOnce(DatabaseConnection) -> BoxFuture<'static, ()> + Send>;
+
+enum Job {
+    Ingest(IngestJob),
+    Task(Task),
+}
+
+struct IngestJob {
     entries: Vec<NewLogEntry>,
     reply: oneshot::Sender<Result<Vec<IngestOutcome>, StoreError>>,
 }
@@ -72,9 +83,13 @@ pub struct Writer {
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job")
-            .field("entries", &self.entries.len())
-            .finish()
+        match self {
+            Self::Ingest(job) => f
+                .debug_struct("Ingest")
+                .field("entries", &job.entries.len())
+                .finish(),
+            Self::Task(_) => f.write_str("Task"),
+        }
     }
 }
 
@@ -103,7 +118,28 @@ impl Writer {
         }
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job { entries, reply })
+            .send(Job::Ingest(IngestJob { entries, reply }))
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// Runs one write (its own transaction, or none) on the writer, ordered with ingest:
+    /// every record acknowledged before it was committed before it runs.
+    pub async fn run<T, F, Fut>(&self, write: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(DatabaseConnection) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let task: Task = Box::new(move |db| {
+            Box::pin(async move {
+                let _ = reply.send(write(db).await);
+            })
+        });
+        self.jobs
+            .send(Job::Task(task))
             .await
             .map_err(|_| StoreError::WriterStopped)?;
         answer.await.map_err(|_| StoreError::WriterStopped)?
@@ -122,14 +158,34 @@ async fn run(
     available: Arc<AtomicBool>,
     stats: Arc<WriterStats>,
 ) {
-    while let Some(first) = queue.recv().await {
+    // A task met while gathering a group waits here until that group is committed.
+    let mut held: Option<Job> = None;
+    loop {
+        let first = match held.take() {
+            Some(job) => job,
+            None => match queue.recv().await {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        let first = match first {
+            Job::Task(task) => {
+                task(db.clone()).await;
+                continue;
+            }
+            Job::Ingest(job) => job,
+        };
         let mut rows = first.entries.len();
         let mut group = vec![first];
         while rows < config.max_group_rows {
             match queue.try_recv() {
-                Ok(job) => {
+                Ok(Job::Ingest(job)) => {
                     rows += job.entries.len();
                     group.push(job);
+                }
+                Ok(task) => {
+                    held = Some(task);
+                    break;
                 }
                 Err(_) => break,
             }
@@ -141,32 +197,36 @@ async fn run(
             }
             continue;
         }
-        let entries: Vec<&NewLogEntry> = group.iter().flat_map(|job| &job.entries).collect();
-        match commit_group(&db, &entries).await {
-            Ok(outcomes) => {
-                record_stats(&stats, &outcomes);
-                let mut outcomes = outcomes.into_iter();
-                for job in group {
-                    let mine = outcomes.by_ref().take(job.entries.len()).collect();
-                    let _ = job.reply.send(Ok(mine));
-                }
+        commit_and_answer(&db, group, &stats).await;
+    }
+}
+
+async fn commit_and_answer(db: &DatabaseConnection, group: Vec<IngestJob>, stats: &WriterStats) {
+    let entries: Vec<&NewLogEntry> = group.iter().flat_map(|job| &job.entries).collect();
+    match commit_group(db, &entries).await {
+        Ok(outcomes) => {
+            record_stats(stats, &outcomes);
+            let mut outcomes = outcomes.into_iter();
+            for job in group {
+                let mine = outcomes.by_ref().take(job.entries.len()).collect();
+                let _ = job.reply.send(Ok(mine));
             }
-            Err(error) if group.len() > 1 => {
-                // One bad job must not fail its neighbours: commit each on its own.
-                tracing::warn!(%error, jobs = group.len(), "group commit failed, retrying jobs one by one");
-                for job in group {
-                    let entries: Vec<&NewLogEntry> = job.entries.iter().collect();
-                    let result = commit_group(&db, &entries).await;
-                    if let Ok(outcomes) = &result {
-                        record_stats(&stats, outcomes);
-                    }
-                    let _ = job.reply.send(result);
+        }
+        Err(error) if group.len() > 1 => {
+            // One bad job must not fail its neighbours: commit each on its own.
+            tracing::warn!(%error, jobs = group.len(), "group commit failed, retrying jobs one by one");
+            for job in group {
+                let entries: Vec<&NewLogEntry> = job.entries.iter().collect();
+                let result = commit_group(db, &entries).await;
+                if let Ok(outcomes) = &result {
+                    record_stats(stats, outcomes);
                 }
+                let _ = job.reply.send(result);
             }
-            Err(error) => {
-                for job in group {
-                    let _ = job.reply.send(Err(clone_error(&error)));
-                }
+        }
+        Err(error) => {
+            for job in group {
+                let _ = job.reply.send(Err(clone_error(&error)));
             }
         }
     }
@@ -206,6 +266,11 @@ async fn commit_group(
     let txn = db.begin().await?;
     let backend = txn.get_database_backend();
 
+    // Ordered against a purge's mark on every replica (PostgreSQL; a no-op on SQLite).
+    let keys = entries
+        .iter()
+        .map(|entry| (entry.account_id.as_str(), entry.api_key_id.as_str()));
+    super::admin::lock_key_buckets(&txn, keys, false).await?;
     let deleted = deleted_keys(&txn, entries).await?;
     let existing = existing_request_ids(&txn, entries).await?;
 

@@ -1,0 +1,424 @@
+//! Key lifecycle, plans, retention and usage statistics in SQL. Every function that writes
+//! is meant to run on the writer (`Writer::run`), so it is ordered with ingest.
+
+use std::collections::HashMap;
+
+use sea_orm::sea_query::{Alias, Expr, OnConflict, Order, Query};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
+    QuerySelect, Statement, TransactionTrait,
+};
+
+use super::StoreError;
+use super::entity::{account, api_key, log_entry, request_id, usage_stat};
+use crate::domain::lifecycle::{Dimension, Granularity, Plan, Retention, UsageQuery};
+use crate::domain::time::day_of;
+
+/// How many lock buckets purge and ingest share on PostgreSQL (see [`lock_key_buckets`]).
+const KEY_LOCK_BUCKETS: u64 = 16;
+/// The advisory lock that keeps two replicas from sweeping at once.
+pub const SWEEP_LOCK_ID: i64 = 0x7265_716c_6f67_0001;
+
+fn key_lock_bucket(account_id: &str, api_key_id: &str) -> i64 {
+    // FNV-1a: stable across processes and versions, unlike `DefaultHasher`.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in account_id.bytes().chain([0]).chain(api_key_id.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    0x7265_716c_6f67_1000 + (hash % KEY_LOCK_BUCKETS) as i64
+}
+
+/// PostgreSQL only: takes the transaction-scoped advisory locks of these keys' buckets,
+/// shared for ingest and exclusive for a purge's mark. A purge's mark therefore waits for
+/// ingest transactions already holding one of its keys, and later ingest transactions wait
+/// for the mark and then see it, on every replica. SQLite's single write lock does the same.
+pub async fn lock_key_buckets<'a>(
+    txn: &impl ConnectionTrait,
+    keys: impl IntoIterator<Item = (&'a str, &'a str)>,
+    exclusive: bool,
+) -> Result<(), StoreError> {
+    if txn.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    let mut buckets: Vec<i64> = keys
+        .into_iter()
+        .map(|(account, key)| key_lock_bucket(account, key))
+        .collect();
+    // One order everywhere, so two transactions never wait on each other in a cycle.
+    buckets.sort_unstable();
+    buckets.dedup();
+    let function = if exclusive {
+        "pg_advisory_xact_lock"
+    } else {
+        "pg_advisory_xact_lock_shared"
+    };
+    for bucket in buckets {
+        txn.execute(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            format!("SELECT {function}($1)"),
+            [bucket.into()],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// Marks a key deleted (keeping the first deletion time); later records for it are refused.
+pub async fn mark_key_deleted(
+    db: &impl TransactionTrait,
+    account_id: &str,
+    api_key_id: &str,
+    now_micros: i64,
+) -> Result<(), StoreError> {
+    let txn = db.begin().await?;
+    lock_key_buckets(&txn, [(account_id, api_key_id)], true).await?;
+    api_key::Entity::insert(api_key::ActiveModel {
+        account_id: Set(account_id.to_owned()),
+        api_key_id: Set(api_key_id.to_owned()),
+        name: Set(String::new()),
+        prefix: Set(String::new()),
+        status: Set(String::new()),
+        expires_at: Set(None),
+        deleted_at: Set(Some(now_micros)),
+        updated_at: Set(now_micros),
+    })
+    .on_conflict(
+        OnConflict::columns([api_key::Column::AccountId, api_key::Column::ApiKeyId])
+            .value(
+                api_key::Column::DeletedAt,
+                Expr::cust(r#"COALESCE("api_keys"."deleted_at", "excluded"."deleted_at")"#),
+            )
+            .update_column(api_key::Column::UpdatedAt)
+            .to_owned(),
+    )
+    .exec_without_returning(&txn)
+    .await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// Deletes up to `limit` rows of a key; returns how many.
+pub async fn delete_key_rows(
+    db: &impl ConnectionTrait,
+    account_id: &str,
+    api_key_id: &str,
+    limit: u64,
+) -> Result<u64, StoreError> {
+    let batch = Query::select()
+        .column(log_entry::Column::Id)
+        .from(log_entry::Entity)
+        .and_where(log_entry::Column::AccountId.eq(account_id))
+        .and_where(log_entry::Column::ApiKeyId.eq(api_key_id))
+        .limit(limit)
+        .to_owned();
+    delete_ids_in(db, batch).await
+}
+
+/// Deletes up to `limit` rows of an account older than `cutoff_micros`; returns how many.
+pub async fn delete_rows_before(
+    db: &impl ConnectionTrait,
+    account_id: &str,
+    cutoff_micros: i64,
+    limit: u64,
+) -> Result<u64, StoreError> {
+    let batch = Query::select()
+        .column(log_entry::Column::Id)
+        .from(log_entry::Entity)
+        .and_where(log_entry::Column::AccountId.eq(account_id))
+        .and_where(log_entry::Column::Ts.lt(cutoff_micros))
+        .limit(limit)
+        .to_owned();
+    delete_ids_in(db, batch).await
+}
+
+async fn delete_ids_in(
+    db: &impl ConnectionTrait,
+    batch: sea_orm::sea_query::SelectStatement,
+) -> Result<u64, StoreError> {
+    let delete = Query::delete()
+        .from_table(log_entry::Entity)
+        .and_where(log_entry::Column::Id.in_subquery(batch))
+        .to_owned();
+    let result = db.execute(db.get_database_backend().build(&delete)).await?;
+    Ok(result.rows_affected())
+}
+
+/// Forgets idempotency keys of an account from days before `before_day`.
+pub async fn prune_request_ids(
+    db: &impl ConnectionTrait,
+    account_id: &str,
+    before_day: i64,
+) -> Result<u64, StoreError> {
+    let result = request_id::Entity::delete_many()
+        .filter(request_id::Column::AccountId.eq(account_id))
+        .filter(request_id::Column::Day.lt(before_day))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected)
+}
+
+/// Why an upsert was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpsertRefused {
+    /// The key was purged; it stays deleted.
+    Purged,
+}
+
+/// Creates or updates a key; a purged key is left as it is.
+pub async fn upsert_key(
+    db: &impl TransactionTrait,
+    key: api_key::Model,
+) -> Result<Result<api_key::Model, UpsertRefused>, StoreError> {
+    let txn = db.begin().await?;
+    let existing = api_key::Entity::find_by_id((key.account_id.clone(), key.api_key_id.clone()))
+        .one(&txn)
+        .await?;
+    if existing.is_some_and(|stored| stored.deleted_at.is_some()) {
+        return Ok(Err(UpsertRefused::Purged));
+    }
+    api_key::Entity::insert(api_key::ActiveModel {
+        account_id: Set(key.account_id.clone()),
+        api_key_id: Set(key.api_key_id.clone()),
+        name: Set(key.name.clone()),
+        prefix: Set(key.prefix.clone()),
+        status: Set(key.status.clone()),
+        expires_at: Set(key.expires_at),
+        deleted_at: Set(None),
+        updated_at: Set(key.updated_at),
+    })
+    .on_conflict(
+        OnConflict::columns([api_key::Column::AccountId, api_key::Column::ApiKeyId])
+            .update_columns([
+                api_key::Column::Name,
+                api_key::Column::Prefix,
+                api_key::Column::Status,
+                api_key::Column::ExpiresAt,
+                api_key::Column::UpdatedAt,
+            ])
+            .to_owned(),
+    )
+    .exec_without_returning(&txn)
+    .await?;
+    txn.commit().await?;
+    Ok(Ok(key))
+}
+
+/// Sets an account's plan and override.
+pub async fn set_plan(
+    db: &impl ConnectionTrait,
+    account_id: &str,
+    retention: Retention,
+    now_micros: i64,
+) -> Result<(), StoreError> {
+    account::Entity::insert(account::ActiveModel {
+        account_id: Set(account_id.to_owned()),
+        plan: Set(retention.plan.as_str().to_owned()),
+        retention_days_override: Set(retention.override_days),
+        updated_at: Set(now_micros),
+    })
+    .on_conflict(
+        OnConflict::column(account::Column::AccountId)
+            .update_columns([
+                account::Column::Plan,
+                account::Column::RetentionDaysOverride,
+                account::Column::UpdatedAt,
+            ])
+            .to_owned(),
+    )
+    .exec_without_returning(db)
+    .await?;
+    Ok(())
+}
+
+fn retention_of_row(row: &account::Model, default: Plan) -> Retention {
+    Retention {
+        plan: row.plan.parse().unwrap_or(default),
+        override_days: row.retention_days_override,
+    }
+}
+
+/// Every account's retention (accounts never set are absent: they use the default plan).
+pub async fn retentions(
+    db: &impl ConnectionTrait,
+    default: Plan,
+) -> Result<HashMap<String, Retention>, StoreError> {
+    Ok(account::Entity::find()
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|row| (row.account_id.clone(), retention_of_row(&row, default)))
+        .collect())
+}
+
+/// One account's retention.
+pub async fn retention(
+    db: &impl ConnectionTrait,
+    account_id: &str,
+    default: Plan,
+) -> Result<Retention, StoreError> {
+    Ok(account::Entity::find_by_id(account_id.to_owned())
+        .one(db)
+        .await?
+        .map_or(
+            Retention {
+                plan: default,
+                override_days: None,
+            },
+            |row| retention_of_row(&row, default),
+        ))
+}
+
+/// Accounts that hold log rows.
+pub async fn accounts_with_rows(db: &impl ConnectionTrait) -> Result<Vec<String>, StoreError> {
+    Ok(log_entry::Entity::find()
+        .select_only()
+        .column(log_entry::Column::AccountId)
+        .distinct()
+        .into_tuple::<String>()
+        .all(db)
+        .await?)
+}
+
+/// Rows of an account older than a cutoff: how many, and the oldest and newest timestamps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AgeCount {
+    /// Rows.
+    pub rows: i64,
+    /// Oldest timestamp among them, microseconds.
+    pub oldest: Option<i64>,
+    /// Newest timestamp among them, microseconds.
+    pub newest: Option<i64>,
+}
+
+/// Counts an account's rows older than `cutoff_micros` (served by the account/time index).
+pub async fn count_rows_before(
+    db: &impl ConnectionTrait,
+    account_id: &str,
+    cutoff_micros: i64,
+) -> Result<AgeCount, StoreError> {
+    let (rows, oldest, newest) = log_entry::Entity::find()
+        .select_only()
+        .expr(Expr::cust(r#"CAST(COUNT(*) AS BIGINT)"#))
+        .expr(Expr::col(log_entry::Column::Ts).min())
+        .expr(Expr::col(log_entry::Column::Ts).max())
+        .filter(log_entry::Column::AccountId.eq(account_id))
+        .filter(log_entry::Column::Ts.lt(cutoff_micros))
+        .into_tuple::<(i64, Option<i64>, Option<i64>)>()
+        .one(db)
+        .await?
+        .unwrap_or_default();
+    Ok(AgeCount {
+        rows,
+        oldest,
+        newest,
+    })
+}
+
+/// The day (UTC day number) before which idempotency keys can go, for a sweep cutoff: keys
+/// of the cutoff's day and the day before still guard rows inside the window (±1 day).
+pub fn request_id_horizon(cutoff_micros: i64) -> i64 {
+    day_of(cutoff_micros) - 1
+}
+
+/// One usage bucket of one group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    /// Bucket start, seconds.
+    pub bucket_start: i64,
+    /// The key, when grouped by key.
+    pub api_key_id: Option<String>,
+    /// The endpoint, when grouped by endpoint.
+    pub endpoint: Option<String>,
+    /// The method, when grouped by method.
+    pub method: Option<String>,
+    /// The status code, when grouped by status code.
+    pub status_code: Option<i32>,
+    /// Requests.
+    pub request_count: i64,
+    /// Requests with status ≥ 400.
+    pub error_count: i64,
+    /// Sum of latencies.
+    pub total_duration_ms: i64,
+    /// Largest latency.
+    pub max_duration_ms: i64,
+}
+
+/// Sums the hourly counters into the query's buckets and groups.
+pub async fn usage(
+    db: &impl ConnectionTrait,
+    query: &UsageQuery,
+) -> Result<Vec<UsageRow>, StoreError> {
+    use usage_stat::Column as C;
+    let backend = db.get_database_backend();
+    let bucket = match query.granularity {
+        Granularity::Hour => Expr::col(C::BucketStart).into(),
+        Granularity::Day => Expr::cust(r#"("bucket_start" - ("bucket_start" % 86400))"#),
+    };
+    let mut select = Query::select();
+    select
+        .from(usage_stat::Entity)
+        .expr_as(bucket.clone(), Alias::new("bucket"))
+        .and_where(C::AccountId.eq(query.account_id.as_str()))
+        .and_where(C::BucketStart.gte(query.start_seconds))
+        .and_where(C::BucketStart.lt(query.end_seconds))
+        .add_group_by([bucket.clone()])
+        .order_by_expr(bucket, Order::Asc);
+    if let Some(key) = &query.api_key_id {
+        select.and_where(C::ApiKeyId.eq(key.as_str()));
+    }
+    for dimension in &query.group_by {
+        let column = match dimension {
+            Dimension::ApiKey => C::ApiKeyId,
+            Dimension::Endpoint => C::Endpoint,
+            Dimension::Method => C::Method,
+            Dimension::StatusCode => C::StatusCode,
+        };
+        select
+            .column(column)
+            .add_group_by([Expr::col(column).into()])
+            .order_by(column, Order::Asc);
+    }
+    select
+        .expr_as(
+            Expr::cust(r#"CAST(SUM("request_count") AS BIGINT)"#),
+            Alias::new("requests"),
+        )
+        .expr_as(
+            Expr::cust(r#"CAST(SUM("error_count") AS BIGINT)"#),
+            Alias::new("errors"),
+        )
+        .expr_as(
+            Expr::cust(r#"CAST(SUM("total_duration_ms") AS BIGINT)"#),
+            Alias::new("total_ms"),
+        )
+        .expr_as(
+            Expr::cust(r#"CAST(MAX("max_duration_ms") AS BIGINT)"#),
+            Alias::new("max_ms"),
+        );
+    let grouped = |dimension| query.group_by.contains(&dimension);
+    let rows = db.query_all(backend.build(&select)).await?;
+    rows.iter()
+        .map(|row| {
+            Ok(UsageRow {
+                bucket_start: row.try_get("", "bucket")?,
+                api_key_id: grouped(Dimension::ApiKey)
+                    .then(|| row.try_get("", "api_key_id"))
+                    .transpose()?,
+                endpoint: grouped(Dimension::Endpoint)
+                    .then(|| row.try_get("", "endpoint"))
+                    .transpose()?,
+                method: grouped(Dimension::Method)
+                    .then(|| row.try_get("", "method"))
+                    .transpose()?,
+                status_code: grouped(Dimension::StatusCode)
+                    .then(|| row.try_get("", "status_code"))
+                    .transpose()?,
+                request_count: row.try_get("", "requests")?,
+                error_count: row.try_get("", "errors")?,
+                total_duration_ms: row.try_get("", "total_ms")?,
+                max_duration_ms: row.try_get("", "max_ms")?,
+            })
+        })
+        .collect()
+}
