@@ -38,6 +38,8 @@ pub mod pb {
 
 pub use prost_types;
 
+mod export;
+
 use pb::admin_service_client::AdminServiceClient;
 use pb::ingest_service_client::IngestServiceClient;
 use pb::log_service_client::LogServiceClient;
@@ -80,6 +82,30 @@ pub enum ClientError {
     /// The connection could not be set up.
     #[error("transport error: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// An export stream ended before its summary: the file written is incomplete.
+    #[error("export truncated after {received_bytes} bytes: no summary arrived")]
+    ExportTruncated {
+        /// Bytes received (and written) before the stream ended.
+        received_bytes: u64,
+    },
+    /// An export's bytes do not match its summary: the file written is not the export.
+    #[error(
+        "export does not match its summary: {received_bytes} bytes with sha256 \
+         {received_sha256}, expected {expected_bytes} bytes with sha256 {expected_sha256}"
+    )]
+    ExportMismatch {
+        /// The summary's byte count.
+        expected_bytes: i64,
+        /// The summary's SHA-256.
+        expected_sha256: String,
+        /// Bytes received.
+        received_bytes: u64,
+        /// SHA-256 of the bytes received.
+        received_sha256: String,
+    },
+    /// Writing an export to its destination failed.
+    #[error("export write failed: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl ClientError {

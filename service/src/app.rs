@@ -9,8 +9,8 @@ use reqlog_client::{MAX_MESSAGE_BYTES, pb};
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tower_http::trace::TraceLayer;
 
@@ -51,6 +51,7 @@ pub enum AppError {
 pub struct Application {
     listener: TcpListener,
     db: DatabaseConnection,
+    writer_db: DatabaseConnection,
     config: Config,
     tokens: PageTokenKey,
 }
@@ -78,9 +79,19 @@ impl Application {
     /// `local_addr` is known before serving starts.
     pub async fn build(config: &Config) -> Result<Self, AppError> {
         check_config(config)?;
-        let db = store::connect(&DbOptions {
+        let options = DbOptions {
             url: config.database_url.clone(),
             max_connections: config.db_max_connections,
+            statement_timeout: Some(config.db_statement_timeout)
+                .filter(|timeout| !timeout.is_zero()),
+        };
+        let db = store::connect(&options).await?;
+        // The writer gets a connection of its own: on SQLite a connection that shares the
+        // file with other writers must drop its page cache after each of their commits, so
+        // a writer hopping between pooled connections re-reads its index pages every group.
+        let writer_db = store::connect(&DbOptions {
+            max_connections: 1,
+            ..options
         })
         .await?;
         if !config.no_migrate {
@@ -91,6 +102,7 @@ impl Application {
         Ok(Self {
             listener,
             db,
+            writer_db,
             config: config.clone(),
             tokens,
         })
@@ -124,12 +136,13 @@ impl Application {
         let Self {
             listener,
             db,
+            writer_db,
             config,
             tokens,
         } = self;
         let available = Arc::new(AtomicBool::new(true));
         let (writer, writer_task) = Writer::spawn(
-            db.clone(),
+            writer_db.clone(),
             WriterConfig {
                 max_group_rows: config.max_group_rows as usize,
                 queue_jobs: 4_096,
@@ -201,7 +214,11 @@ impl Application {
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(pb::admin_service_server::AdminServiceServer::new(admin))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            // Without TCP_NODELAY a small response can wait ~40 ms for a delayed ACK.
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown,
+            )
             .await?;
 
         // The services (and with them every writer handle) are dropped: the writer drains
@@ -214,6 +231,7 @@ impl Application {
             tracing::error!(%error, "writer task failed");
         }
         monitor.abort();
+        writer_db.close().await.map_err(StoreError::from)?;
         db.close().await.map_err(StoreError::from)?;
         tracing::info!("stopped");
         Ok(())

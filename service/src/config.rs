@@ -79,6 +79,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_max_connections: u32,
 
+    /// PostgreSQL only: the longest one statement may run before the server cancels it
+    /// (`statement_timeout` on every connection), e.g. `30s`, `2m`; `0` leaves the server's
+    /// own setting. Ignored for SQLite.
+    #[arg(long, env = "REQLOG_DB_STATEMENT_TIMEOUT", default_value = "30s",
+          value_parser = parse_duration)]
+    pub db_statement_timeout: Duration,
+
     /// How often the database is checked for the health service, e.g. `1s`, `500ms`.
     #[arg(long, env = "REQLOG_HEALTH_CHECK_INTERVAL", default_value = "1s",
           value_parser = parse_duration)]
@@ -125,6 +132,7 @@ impl fmt::Debug for Config {
             .field("max_group_rows", &self.max_group_rows)
             .field("redact_params", &self.redact_params)
             .field("db_max_connections", &self.db_max_connections)
+            .field("db_statement_timeout", &self.db_statement_timeout)
             .field("health_check_interval", &self.health_check_interval)
             .field("sweep_interval", &self.sweep_interval)
             .field("default_plan", &self.default_plan)
@@ -194,6 +202,17 @@ mod tests {
             redact_url("sqlite://reqlog.db?mode=rwc"),
             "sqlite://reqlog.db?mode=rwc"
         );
+    }
+
+    #[test]
+    fn the_statement_timeout_defaults_to_30s_and_0_turns_it_off() {
+        let config = Config::with_database_url("postgres://db/logs");
+        assert_eq!(config.db_statement_timeout, Duration::from_secs(30));
+        let cli = Cli::try_parse_from(["reqlog", "serve", "--db-statement-timeout", "0"])
+            .expect("0 is a valid timeout");
+        let Command::Serve(serve) = cli.command;
+        assert_eq!(serve.db_statement_timeout, Duration::ZERO);
+        assert!(Cli::try_parse_from(["reqlog", "serve", "--db-statement-timeout", "30"]).is_err());
     }
 
     #[test]

@@ -110,6 +110,9 @@ impl Lifecycle {
         let guard = match self.db.get_database_backend() {
             DbBackend::Postgres => {
                 let txn = self.db.begin().await?;
+                // Waiting for another replica's sweep is not a slow statement.
+                txn.execute_unprepared("SET LOCAL statement_timeout = 0")
+                    .await?;
                 txn.execute(Statement::from_sql_and_values(
                     DbBackend::Postgres,
                     "SELECT pg_advisory_xact_lock($1)",

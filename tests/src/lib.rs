@@ -4,6 +4,8 @@
 //! (e.g. `postgres://postgres@127.0.0.1:5432/postgres`) the same tests also run on
 //! PostgreSQL, each in a database of its own. `TEST_LOG=1` turns server tracing on.
 
+pub mod process;
+
 use std::sync::Arc;
 use std::sync::Once;
 
@@ -78,6 +80,17 @@ impl TestDb {
                     postgres: Some((admin_url, name)),
                 })
             }
+        }
+    }
+
+    /// A database the test set up itself (e.g. on a private PostgreSQL cluster); `remove`
+    /// leaves it alone.
+    pub fn existing(url: impl Into<String>, backend: Backend) -> Self {
+        Self {
+            url: url.into(),
+            backend,
+            dir: None,
+            postgres: None,
         }
     }
 

@@ -11,8 +11,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use reqlog_migrations::{Migrator, MigratorTrait};
+use sea_orm::sqlx::Error as SqlxError;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
+};
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -32,9 +35,44 @@ impl From<DbErr> for StoreError {
     fn from(error: DbErr) -> Self {
         match error {
             DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => Self::Unavailable(error.to_string()),
+            DbErr::Exec(RuntimeErr::SqlxError(ref sqlx_error))
+            | DbErr::Query(RuntimeErr::SqlxError(ref sqlx_error)) => {
+                match connection_lost(sqlx_error) {
+                    Some(reason) => Self::Unavailable(reason),
+                    None => Self::Database(error),
+                }
+            }
             other => Self::Database(other),
         }
     }
+}
+
+/// Why a statement failed because the database went away (a retry may succeed once it is
+/// back), or `None` for any other failure. The reason names the kind of failure only: no SQL
+/// and no value of the statement.
+fn connection_lost(error: &SqlxError) -> Option<String> {
+    match error {
+        // The socket broke mid-statement (server stopped, network cut), or the pool could
+        // not hand out a connection in time, or was closed under the caller.
+        SqlxError::Io(io) => Some(format!("connection to the database lost: {}", io.kind())),
+        SqlxError::PoolTimedOut => Some("no database connection available in time".into()),
+        SqlxError::PoolClosed => Some("database pool closed".into()),
+        // A connection cut halfway through a message reads as garbage.
+        SqlxError::Protocol(_) => Some("database connection broke mid-message".into()),
+        SqlxError::Database(db_error) => db_error
+            .code()
+            .filter(|code| is_connection_sqlstate(code))
+            .map(|code| format!("database connection ended by the server (sqlstate {code})")),
+        _ => None,
+    }
+}
+
+/// PostgreSQL SQLSTATEs that mean the server or the connection went away rather than the
+/// statement being wrong: class 08 (connection exception), and 57P01 admin_shutdown, 57P02
+/// crash_shutdown, 57P03 cannot_connect_now (starting up, shutting down, in recovery).
+/// SQLite's codes are decimal numbers, so none of them matches.
+fn is_connection_sqlstate(code: &str) -> bool {
+    code.len() == 5 && (code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03"))
 }
 
 /// How to open the database.
@@ -44,6 +82,9 @@ pub struct DbOptions {
     pub url: String,
     /// Pool size.
     pub max_connections: u32,
+    /// PostgreSQL only: the longest one statement may run before the server cancels it
+    /// (`statement_timeout` on every connection); `None` leaves the server's setting.
+    pub statement_timeout: Option<Duration>,
 }
 
 /// Opens the pool. SQLite runs in WAL mode with `synchronous=FULL`, so every commit is
@@ -65,6 +106,17 @@ pub async fn connect(options: &DbOptions) -> Result<DatabaseConnection, StoreErr
                 .pragma("cache_size", "-65536")
                 .pragma("temp_store", "memory")
         });
+    if let Some(timeout) = options
+        .statement_timeout
+        .filter(|timeout| !timeout.is_zero())
+    {
+        // Sent as a startup option, so it holds on every connection the pool opens, also
+        // those opened again after the server was restarted. Milliseconds, at least 1.
+        let millis = timeout.as_millis().clamp(1, i32::MAX as u128).to_string();
+        connect.map_sqlx_postgres_opts(move |postgres| {
+            postgres.options([("statement_timeout", millis.as_str())])
+        });
+    }
     Ok(Database::connect(connect).await?)
 }
 
@@ -95,7 +147,117 @@ pub fn backend(db: &impl ConnectionTrait) -> DbBackend {
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
+    use sea_orm::ConnAcquireErr;
+    use sea_orm::sqlx::error::{DatabaseError, ErrorKind};
+
     use super::*;
+
+    /// A database error with a given SQLSTATE, as the PostgreSQL driver reports them.
+    #[derive(Debug)]
+    struct Sqlstate(&'static str);
+
+    impl std::fmt::Display for Sqlstate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "sqlstate {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Sqlstate {}
+
+    impl DatabaseError for Sqlstate {
+        fn message(&self) -> &str {
+            "a message that may quote SELECT secret_value"
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> ErrorKind {
+            ErrorKind::Other
+        }
+    }
+
+    fn exec(error: SqlxError) -> DbErr {
+        DbErr::Exec(RuntimeErr::SqlxError(error))
+    }
+
+    fn query(error: SqlxError) -> DbErr {
+        DbErr::Query(RuntimeErr::SqlxError(error))
+    }
+
+    fn is_unavailable(error: DbErr) -> bool {
+        matches!(StoreError::from(error), StoreError::Unavailable(_))
+    }
+
+    #[test]
+    fn lost_connections_are_unavailable() {
+        let io = |kind| SqlxError::Io(std::io::Error::new(kind, "peer went away"));
+        assert!(is_unavailable(exec(io(
+            std::io::ErrorKind::ConnectionReset
+        ))));
+        assert!(is_unavailable(query(io(std::io::ErrorKind::BrokenPipe))));
+        assert!(is_unavailable(query(io(std::io::ErrorKind::UnexpectedEof))));
+        assert!(is_unavailable(exec(SqlxError::PoolTimedOut)));
+        assert!(is_unavailable(query(SqlxError::PoolClosed)));
+        assert!(is_unavailable(exec(SqlxError::Protocol(
+            "unexpected message".into()
+        ))));
+        assert!(is_unavailable(DbErr::ConnectionAcquire(
+            ConnAcquireErr::Timeout
+        )));
+        assert!(is_unavailable(DbErr::Conn(RuntimeErr::SqlxError(
+            SqlxError::PoolTimedOut
+        ))));
+    }
+
+    #[test]
+    fn server_shutdown_sqlstates_are_unavailable() {
+        for code in [
+            "08000", "08003", "08006", "08001", "08P01", "57P01", "57P02", "57P03",
+        ] {
+            let error = SqlxError::Database(Box::new(Sqlstate(code)));
+            assert!(is_unavailable(exec(error)), "{code} on execute");
+            let error = SqlxError::Database(Box::new(Sqlstate(code)));
+            assert!(is_unavailable(query(error)), "{code} on query");
+        }
+    }
+
+    #[test]
+    fn statement_errors_stay_database_errors() {
+        // unique_violation, query_canceled (statement timeout), syntax error, SQLite's BUSY
+        // and constraint codes, a 57 code that is not a shutdown.
+        for code in [
+            "23505", "57014", "42601", "5", "2067", "57P04", "0800", "080000",
+        ] {
+            let error = SqlxError::Database(Box::new(Sqlstate(code)));
+            assert!(!is_unavailable(exec(error)), "{code}");
+        }
+        assert!(!is_unavailable(query(SqlxError::RowNotFound)));
+        assert!(!is_unavailable(DbErr::Custom("anything".into())));
+        assert!(!is_unavailable(DbErr::Exec(RuntimeErr::Internal(
+            "connection reset".into()
+        ))));
+    }
+
+    #[test]
+    fn unavailable_reasons_carry_no_statement_text() {
+        let error = SqlxError::Database(Box::new(Sqlstate("57P01")));
+        let StoreError::Unavailable(reason) = StoreError::from(exec(error)) else {
+            panic!("57P01 should be unavailable");
+        };
+        assert!(reason.contains("57P01"), "{reason}");
+        assert!(!reason.contains("secret_value"), "{reason}");
+    }
 
     #[test]
     fn sqlite_paths_come_from_urls() {

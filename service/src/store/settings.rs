@@ -60,6 +60,7 @@ mod tests {
         let db = connect(&DbOptions {
             url,
             max_connections: 1,
+            statement_timeout: None,
         })
         .await
         .unwrap();

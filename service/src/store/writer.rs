@@ -212,6 +212,13 @@ async fn commit_and_answer(db: &DatabaseConnection, group: Vec<IngestJob>, stats
                 let _ = job.reply.send(Ok(mine));
             }
         }
+        // The database is gone: retrying job by job would wait out the pool's timeout once
+        // per job. Everyone hears at once, and retries later.
+        Err(StoreError::Unavailable(reason)) => {
+            for job in group {
+                let _ = job.reply.send(Err(StoreError::Unavailable(reason.clone())));
+            }
+        }
         Err(error) if group.len() > 1 => {
             // One bad job must not fail its neighbours: commit each on its own.
             tracing::warn!(%error, jobs = group.len(), "group commit failed, retrying jobs one by one");
