@@ -485,6 +485,7 @@ pub(crate) async fn unary(ctx: &Context) -> Result<Vec<Figure>, String> {
         url: naive_db.url.clone(),
         max_connections: 8,
         statement_timeout: None,
+        sqlite_writer: false,
     })
     .await
     .map_err(|e| e.to_string())?;

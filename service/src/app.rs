@@ -84,6 +84,7 @@ impl Application {
             max_connections: config.db_max_connections,
             statement_timeout: Some(config.db_statement_timeout)
                 .filter(|timeout| !timeout.is_zero()),
+            sqlite_writer: false,
         };
         let db = store::connect(&options).await?;
         // The writer gets a connection of its own: on SQLite a connection that shares the
@@ -91,6 +92,7 @@ impl Application {
         // a writer hopping between pooled connections re-reads its index pages every group.
         let writer_db = store::connect(&DbOptions {
             max_connections: 1,
+            sqlite_writer: true,
             ..options
         })
         .await?;
@@ -164,6 +166,11 @@ impl Application {
             .run(),
         );
 
+        let checkpointer = tokio::spawn(store::checkpoint_forever(
+            db.clone(),
+            std::time::Duration::from_millis(500),
+        ));
+
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -231,6 +238,7 @@ impl Application {
             tracing::error!(%error, "writer task failed");
         }
         monitor.abort();
+        checkpointer.abort();
         writer_db.close().await.map_err(StoreError::from)?;
         db.close().await.map_err(StoreError::from)?;
         tracing::info!("stopped");

@@ -61,6 +61,7 @@ mod tests {
             url,
             max_connections: 1,
             statement_timeout: None,
+            sqlite_writer: false,
         })
         .await
         .unwrap();
