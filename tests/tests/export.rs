@@ -27,6 +27,7 @@ backend_tests!(
     slow_reader_completes_correctly,
     exports_beyond_the_limit_are_refused,
     database_failure_mid_stream_ends_in_an_error,
+    sqlite_connections_get_their_page_cache_back,
 );
 
 const HEADER: &str = "apikey_name,apikey_prefix,method,endpoint,query_params,status_code,error_code,ip_hash,timestamp";
@@ -1104,15 +1105,28 @@ async fn database_failure_mid_stream_ends_in_an_error(backend: Backend) {
         assert!(Instant::now() < deadline, "the export never waited");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    server
-        .db
-        .execute_unprepared(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = current_database() AND state LIKE 'idle in transaction%' \
-             AND pid <> pg_backend_pid()",
-        )
-        .await
-        .expect("terminate the export's session");
+    // The session is idle only between page reads: retry until one was really terminated.
+    loop {
+        let row = server
+            .db
+            .query_one(Statement::from_string(
+                server.db.get_database_backend(),
+                "SELECT COUNT(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND state LIKE 'idle in transaction%' \
+                 AND pid <> pg_backend_pid() AND pg_terminate_backend(pid)",
+            ))
+            .await
+            .expect("terminate the export's session")
+            .expect("a row");
+        if row.try_get_by_index::<i64>(0).expect("a count") > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the export's session was never idle"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let error = loop {
         match stream.message().await {
             Ok(Some(message)) => {
@@ -1133,6 +1147,51 @@ async fn database_failure_mid_stream_ends_in_an_error(backend: Backend) {
     // The next export gets a sound connection and completes.
     let (_, summary) = export(&server, export_request("acct_fail", pb::ExportFormat::Csv)).await;
     assert_eq!(summary.row_count, 60_000);
+    server.shutdown().await;
+}
+
+async fn sqlite_connections_get_their_page_cache_back(backend: Backend) {
+    if backend != Backend::Sqlite {
+        return;
+    }
+    // One pooled connection: the export's, then the one the test inspects.
+    let Some(server) = TestServer::start_with(backend, |config| {
+        config.sweep_interval = Duration::ZERO;
+        config.db_max_connections = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    seed(&server, "acct_cache", 20_000).await;
+    let cache_size = || async {
+        server
+            .db
+            .query_one(Statement::from_string(
+                server.db.get_database_backend(),
+                "PRAGMA cache_size",
+            ))
+            .await
+            .expect("PRAGMA cache_size")
+            .expect("a row")
+            .try_get_by_index::<i64>(0)
+            .expect("a number")
+    };
+    let pooled = cache_size().await;
+    assert_eq!(pooled, -65536, "the pool's setting");
+    // A whole export, then a cancelled one.
+    export(&server, export_request("acct_cache", pb::ExportFormat::Csv)).await;
+    assert_eq!(cache_size().await, pooled);
+    let mut stream = server
+        .client
+        .logs()
+        .export_logs(export_request("acct_cache", pb::ExportFormat::Csv))
+        .await
+        .expect("the export starts")
+        .into_inner();
+    stream.message().await.expect("a message").expect("a chunk");
+    drop(stream);
+    assert_eq!(cache_size().await, pooled);
     server.shutdown().await;
 }
 

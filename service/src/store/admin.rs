@@ -48,19 +48,24 @@ pub async fn lock_key_buckets<'a>(
     // One order everywhere, so two transactions never wait on each other in a cycle.
     buckets.sort_unstable();
     buckets.dedup();
+    if buckets.is_empty() {
+        return Ok(());
+    }
     let function = if exclusive {
         "pg_advisory_xact_lock"
     } else {
         "pg_advisory_xact_lock_shared"
     };
-    for bucket in buckets {
-        txn.execute(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            format!("SELECT {function}($1)"),
-            [bucket.into()],
-        ))
-        .await?;
-    }
+    // One round trip for every bucket; the numbers are ours (hashes), never caller text.
+    let values: Vec<String> = buckets.iter().map(|bucket| format!("({bucket})")).collect();
+    txn.execute(Statement::from_string(
+        DbBackend::Postgres,
+        format!(
+            "SELECT COUNT({function}(b)) FROM (SELECT b FROM (VALUES {}) AS v(b) ORDER BY b) AS s",
+            values.join(", ")
+        ),
+    ))
+    .await?;
     Ok(())
 }
 
