@@ -231,6 +231,21 @@ impl TestServer {
     }
 }
 
+/// Every `LogField`, the default order first.
+pub const LOG_FIELDS: [pb::LogField; 11] = [
+    pb::LogField::Unspecified,
+    pb::LogField::Timestamp,
+    pb::LogField::ApiKeyName,
+    pb::LogField::ApiKeyPrefix,
+    pb::LogField::Method,
+    pb::LogField::Endpoint,
+    pb::LogField::QueryParams,
+    pb::LogField::StatusCode,
+    pb::LogField::ErrorCode,
+    pb::LogField::IpHash,
+    pb::LogField::DurationMs,
+];
+
 /// A valid record for `account`, varied by `n`.
 pub fn record(account: &str, n: usize) -> pb::RequestRecord {
     const METHODS: [&str; 5] = ["GET", "POST", "PUT", "DELETE", "PATCH"];

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use reqlog_client::pb::export_logs_response::Payload;
 use reqlog_client::{ClientError, pb};
 use reqlog_service::domain::export::Rfc3339Millis;
-use reqlog_tests::{Backend, TestServer, backend_tests, now_seconds, record, violated_fields};
+use reqlog_tests::{
+    Backend, LOG_FIELDS, TestServer, backend_tests, now_seconds, record, violated_fields,
+};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -399,20 +401,6 @@ async fn csv_quotes_and_defuses_formulas(backend: Backend) {
     server.shutdown().await;
 }
 
-const FIELDS: [pb::LogField; 11] = [
-    pb::LogField::Unspecified,
-    pb::LogField::Timestamp,
-    pb::LogField::ApiKeyName,
-    pb::LogField::ApiKeyPrefix,
-    pb::LogField::Method,
-    pb::LogField::Endpoint,
-    pb::LogField::QueryParams,
-    pb::LogField::StatusCode,
-    pb::LogField::ErrorCode,
-    pb::LogField::IpHash,
-    pb::LogField::DurationMs,
-];
-
 async fn same_rows_and_order_as_list_logs(backend: Backend) {
     let Some(server) = start(backend).await else {
         return;
@@ -454,7 +442,7 @@ async fn same_rows_and_order_as_list_logs(backend: Backend) {
         }
     };
 
-    for field in FIELDS {
+    for field in LOG_FIELDS {
         for descending in [false, true] {
             let total = check(
                 None,

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use reqlog_client::{ClientError, pb};
 use reqlog_service::domain::filter::{LogFilter, LogQuery, SortField, SortOrder};
 use reqlog_service::store::logs::page_select;
-use reqlog_tests::{Backend, TestServer, backend_tests, now_seconds, record};
+use reqlog_tests::{Backend, LOG_FIELDS, TestServer, backend_tests, now_seconds, record};
 use sea_orm::{ConnectionTrait, QueryTrait, Statement};
 use tonic::Code;
 
@@ -21,20 +21,6 @@ backend_tests!(
     indexes_serve_default_order_and_key_filter,
     a_hundred_thousand_rows_page_exactly,
 );
-
-const FIELDS: [pb::LogField; 11] = [
-    pb::LogField::Unspecified,
-    pb::LogField::Timestamp,
-    pb::LogField::ApiKeyName,
-    pb::LogField::ApiKeyPrefix,
-    pb::LogField::Method,
-    pb::LogField::Endpoint,
-    pb::LogField::QueryParams,
-    pb::LogField::StatusCode,
-    pb::LogField::ErrorCode,
-    pb::LogField::IpHash,
-    pb::LogField::DurationMs,
-];
 
 /// A row's sort value, as API.md orders it: text bytewise, NULL before every value.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -154,7 +140,7 @@ async fn every_sort_field_walks_every_row_once_both_ways(backend: Backend) {
     assert!(
         all.iter().any(|r| r.query_params.is_none()) && all.iter().any(|r| r.error_code.is_none())
     );
-    for field in FIELDS {
+    for field in LOG_FIELDS {
         for descending in [false, true] {
             let walked = walk(&server, request("acct_sort", field, descending, 10)).await;
             let mut expected = all.clone();
