@@ -3,6 +3,7 @@
 //! and server share this machine's cores, and the output says so.
 
 mod data;
+mod lifecycle;
 mod server;
 mod workloads;
 
@@ -20,6 +21,10 @@ enum Workload {
     Unary,
     /// W3: ListLogs pages, sorts, searches and filters vs hand-written SQL.
     List,
+    /// W4: ExportLogs CSV of one account holding every row vs reading them straight to CSV.
+    Export,
+    /// W5: purge a key, sweep half the rows, ingest latency during the sweep vs raw DELETEs.
+    Purge,
     /// W6: bytes on disk per row vs the CSV export's size.
     Storage,
     /// Every workload above, sharing one ingested data set.
@@ -182,6 +187,8 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     match cli.workload {
         Workload::Unary => figures.extend(workloads::unary(&ctx).await?),
+        Workload::Export => figures.extend(lifecycle::export(&ctx).await?),
+        Workload::Purge => figures.extend(lifecycle::purge(&ctx).await?),
         Workload::Ingest | Workload::List | Workload::Storage | Workload::All => {
             let (ingest, db) = workloads::ingest(&ctx).await?;
             if matches!(cli.workload, Workload::Ingest | Workload::All) {
@@ -197,6 +204,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                 figures.extend(workloads::unary(&ctx).await?);
             }
             db.remove().await;
+            if cli.workload == Workload::All {
+                figures.extend(lifecycle::export(&ctx).await?);
+                figures.extend(lifecycle::purge(&ctx).await?);
+            }
         }
     }
     print_table(&figures);

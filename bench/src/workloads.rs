@@ -33,7 +33,7 @@ pub(crate) struct BenchDb {
 }
 
 impl BenchDb {
-    async fn create(ctx: &Context, name: &str) -> Result<Self, String> {
+    pub(crate) async fn create(ctx: &Context, name: &str) -> Result<Self, String> {
         match ctx.backend {
             Backend::Sqlite => {
                 let file = ctx.dir.join(format!("{name}.db"));
@@ -71,6 +71,38 @@ impl BenchDb {
         }
     }
 
+    /// An existing SQLite file.
+    pub(crate) fn sqlite(file: PathBuf) -> Self {
+        Self {
+            url: format!("sqlite://{}?mode=rwc", file.display()),
+            file: Some(file),
+            postgres: None,
+        }
+    }
+
+    /// PostgreSQL: replaces this (fresh) database with a copy of `source`, which no one
+    /// may be connected to.
+    pub(crate) async fn clone_postgres_from(&self, source: &BenchDb) -> Result<(), String> {
+        let (Some((admin_url, name)), Some((_, source_name))) = (&self.postgres, &source.postgres)
+        else {
+            return Err("not PostgreSQL databases".into());
+        };
+        let admin = Database::connect(admin_url)
+            .await
+            .map_err(|e| e.to_string())?;
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name} TEMPLATE {source_name}"),
+        ] {
+            admin
+                .execute_unprepared(&sql)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        admin.close().await.ok();
+        Ok(())
+    }
+
     /// Drops a PostgreSQL database (SQLite files go with the scratch directory).
     pub(crate) async fn remove(self) {
         if let Some((admin_url, name)) = self.postgres
@@ -83,7 +115,7 @@ impl BenchDb {
     }
 }
 
-fn figure(
+pub(crate) fn figure(
     workload: &'static str,
     case: impl Into<String>,
     ctx: &Context,
@@ -128,7 +160,7 @@ fn ip_hash(ip: &str) -> String {
         .collect()
 }
 
-fn micros(record: &pb::RequestRecord) -> i64 {
+pub(crate) fn micros(record: &pb::RequestRecord) -> i64 {
     record
         .timestamp
         .map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos / 1000))
@@ -313,7 +345,7 @@ async fn bare_postgres_copy(ctx: &Context) -> Result<f64, String> {
     Ok(rate)
 }
 
-fn percentile(samples: &mut [f64], p: f64) -> f64 {
+pub(crate) fn percentile(samples: &mut [f64], p: f64) -> f64 {
     if samples.is_empty() {
         return 0.0;
     }
@@ -386,6 +418,8 @@ impl IngestService for NoopIngest {
 #[derive(Debug)]
 struct NaiveIngest {
     db: DatabaseConnection,
+    /// Ids for the rows (SQLite's clustered table has no rowid to number them).
+    next_id: std::sync::atomic::AtomicI64,
 }
 
 #[tonic::async_trait]
@@ -398,10 +432,10 @@ impl IngestService for NaiveIngest {
         let backend = self.db.get_database_backend();
         let sql = match backend {
             DbBackend::Postgres => {
-                "INSERT INTO log_entries (account_id, ts, request_id, api_key_id, api_key_name, api_key_prefix, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                "INSERT INTO log_entries (account_id, ts, request_id, api_key_id, api_key_name, api_key_prefix, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent, duration_ms, id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
             }
             _ => {
-                "INSERT INTO log_entries (account_id, ts, request_id, api_key_id, api_key_name, api_key_prefix, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO log_entries (account_id, ts, request_id, api_key_id, api_key_name, api_key_prefix, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent, duration_ms, id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             }
         };
         self.db
@@ -423,6 +457,9 @@ impl IngestService for NaiveIngest {
                     ip_hash(&r.client_ip).into(),
                     r.user_agent.clone().into(),
                     i64::from(r.duration_ms).into(),
+                    self.next_id
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        .into(),
                 ],
             ))
             .await
@@ -492,7 +529,11 @@ pub(crate) async fn unary(ctx: &Context) -> Result<Vec<Figure>, String> {
     reqlog_service::store::migrate(&conn)
         .await
         .map_err(|e| e.to_string())?;
-    let (naive_url, stop) = serve_in_process(NaiveIngest { db: conn.clone() }).await?;
+    let (naive_url, stop) = serve_in_process(NaiveIngest {
+        db: conn.clone(),
+        next_id: std::sync::atomic::AtomicI64::new(1),
+    })
+    .await?;
     let (naive_rate, naive_p50, naive_p99) = unary_load(&naive_url, ctx, 3).await?;
     let _ = stop.send(());
     conn.close().await.ok();

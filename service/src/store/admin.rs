@@ -110,14 +110,13 @@ pub async fn delete_key_rows(
     api_key_id: &str,
     limit: u64,
 ) -> Result<u64, StoreError> {
-    let batch = Query::select()
-        .column(log_entry::Column::Id)
+    let mut batch = Query::select();
+    batch
         .from(log_entry::Entity)
         .and_where(log_entry::Column::AccountId.eq(account_id))
         .and_where(log_entry::Column::ApiKeyId.eq(api_key_id))
-        .limit(limit)
-        .to_owned();
-    delete_ids_in(db, batch).await
+        .limit(limit);
+    delete_batch(db, batch).await
 }
 
 /// Deletes up to `limit` rows of an account older than `cutoff_micros`; returns how many.
@@ -127,23 +126,41 @@ pub async fn delete_rows_before(
     cutoff_micros: i64,
     limit: u64,
 ) -> Result<u64, StoreError> {
-    let batch = Query::select()
-        .column(log_entry::Column::Id)
+    let mut batch = Query::select();
+    batch
         .from(log_entry::Entity)
         .and_where(log_entry::Column::AccountId.eq(account_id))
         .and_where(log_entry::Column::Ts.lt(cutoff_micros))
-        .limit(limit)
-        .to_owned();
-    delete_ids_in(db, batch).await
+        .limit(limit);
+    delete_batch(db, batch).await
 }
 
-async fn delete_ids_in(
+/// Deletes the rows `batch` (a SELECT without columns) finds, by their primary key:
+/// `(account_id, ts, id)` on SQLite, where the table is clustered on it and `id` alone is
+/// not indexed; `id` on PostgreSQL.
+async fn delete_batch(
     db: &impl ConnectionTrait,
-    batch: sea_orm::sea_query::SelectStatement,
+    mut batch: sea_orm::sea_query::SelectStatement,
 ) -> Result<u64, StoreError> {
+    use log_entry::Column as C;
+    let key = match db.get_database_backend() {
+        DbBackend::Sqlite => {
+            batch.columns([C::AccountId, C::Ts, C::Id]);
+            Expr::tuple([
+                Expr::col(C::AccountId).into(),
+                Expr::col(C::Ts).into(),
+                Expr::col(C::Id).into(),
+            ])
+            .in_subquery(batch)
+        }
+        _ => {
+            batch.column(C::Id);
+            Expr::col(C::Id).in_subquery(batch)
+        }
+    };
     let delete = Query::delete()
         .from_table(log_entry::Entity)
-        .and_where(log_entry::Column::Id.in_subquery(batch))
+        .and_where(key)
         .to_owned();
     let result = db.execute(db.get_database_backend().build(&delete)).await?;
     Ok(result.rows_affected())

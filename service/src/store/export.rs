@@ -125,12 +125,13 @@ impl ExportReader {
             // first read fixes the snapshot.
             _ => db.begin().await?,
         };
-        // The first statement takes the snapshot on both backends (a bare BEGIN does not).
-        // MAX(id) is an O(log n) read of the primary key.
+        // The first statement takes the snapshot on both backends (a bare BEGIN does not);
+        // one row of the table is the cheapest read of it.
         log_entry::Entity::find()
             .select_only()
-            .column_as(log_entry::Column::Id.max(), "max_id")
-            .into_tuple::<Option<i64>>()
+            .column(log_entry::Column::Id)
+            .limit(1)
+            .into_tuple::<i64>()
             .one(&txn)
             .await?;
         let mut reader = Self {

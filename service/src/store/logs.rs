@@ -12,6 +12,7 @@ use super::StoreError;
 use super::entity::{api_key, log_entry};
 use crate::domain::filter::{LogFilter, LogQuery, SortField, SortOrder};
 use crate::domain::page_token::{Cursor, CursorValue};
+use crate::domain::record::METHODS;
 
 /// One page of rows, and where the next one starts.
 #[derive(Debug, Clone)]
@@ -208,26 +209,51 @@ fn contains(backend: DbBackend, target: &str, pattern: &str) -> SimpleExpr {
     Expr::cust_with_values(sql, [pattern])
 }
 
+/// The search's test on each row, narrowed to the columns whose values could contain the
+/// term: methods come from a fixed set (an IN list, no pattern), status codes are three
+/// digits and IP hashes lower-case hex, so a term that cannot occur in them is not tried
+/// on every row. The rest are free text and always tried.
+fn search_condition(backend: DbBackend, term: &str) -> Condition {
+    use log_entry::Column as C;
+    let pattern = like_pattern(term);
+    let folded = term.to_ascii_uppercase();
+    let mut any = Condition::any();
+    for target in [
+        r#""api_key_name""#,
+        r#""api_key_prefix""#,
+        r#""endpoint""#,
+        r#""query_params""#,
+        r#""error_code""#,
+    ] {
+        any = any.add(contains(backend, target, &pattern));
+    }
+    let methods: Vec<&str> = METHODS
+        .iter()
+        .copied()
+        .filter(|method| method.contains(folded.as_str()))
+        .collect();
+    if !methods.is_empty() {
+        any = any.add(C::Method.is_in(methods));
+    }
+    if term.len() <= 3 && term.bytes().all(|b| b.is_ascii_digit()) {
+        any = any.add(contains(
+            backend,
+            r#"CAST("status_code" AS TEXT)"#,
+            &pattern,
+        ));
+    }
+    if term.len() <= 64 && term.bytes().all(|b| b.is_ascii_hexdigit()) {
+        any = any.add(contains(backend, r#""ip_hash""#, &pattern));
+    }
+    any
+}
+
 /// The WHERE clause for an account's rows under a filter.
 pub fn filter_condition(backend: DbBackend, account_id: &str, filter: &LogFilter) -> Condition {
     use log_entry::Column as C;
     let mut all = Condition::all().add(C::AccountId.eq(account_id));
     if let Some(term) = &filter.search {
-        let pattern = like_pattern(term);
-        let mut any = Condition::any();
-        for target in [
-            r#""api_key_name""#,
-            r#""api_key_prefix""#,
-            r#""method""#,
-            r#""endpoint""#,
-            r#""query_params""#,
-            r#""error_code""#,
-            r#""ip_hash""#,
-            r#"CAST("status_code" AS TEXT)"#,
-        ] {
-            any = any.add(contains(backend, target, &pattern));
-        }
-        all = all.add(any);
+        all = all.add(search_condition(backend, term));
     }
     if !filter.api_key_ids.is_empty() {
         all = all.add(C::ApiKeyId.is_in(filter.api_key_ids.iter().map(String::as_str)));
@@ -284,7 +310,48 @@ pub fn filter_condition(backend: DbBackend, account_id: &str, filter: &LogFilter
 
 #[cfg(test)]
 mod tests {
+    use sea_orm::QueryTrait;
+
     use super::*;
+
+    fn sql(condition: Condition) -> String {
+        log_entry::Entity::find()
+            .filter(condition)
+            .into_query()
+            .to_string(sea_orm::sea_query::SqliteQueryBuilder)
+    }
+
+    #[test]
+    fn search_tries_only_columns_that_could_hold_the_term() {
+        let word = sql(search_condition(DbBackend::Sqlite, "images/gen"));
+        assert!(
+            !word.contains(r#""ip_hash" LIKE"#) && !word.contains("CAST"),
+            "{word}"
+        );
+        assert!(!word.contains(r#""method" IN"#), "{word}");
+        assert!(word.contains(r#""query_params" LIKE"#), "{word}");
+        assert!(word.contains(r#""endpoint" LIKE"#), "{word}");
+
+        let hex = sql(search_condition(DbBackend::Sqlite, "a3F"));
+        assert!(
+            hex.contains(r#""ip_hash" LIKE"#) && !hex.contains("CAST"),
+            "{hex}"
+        );
+
+        let digits = sql(search_condition(DbBackend::Sqlite, "50"));
+        assert!(
+            digits.contains("CAST") && digits.contains(r#""ip_hash" LIKE"#),
+            "{digits}"
+        );
+
+        let method = sql(search_condition(DbBackend::Sqlite, "os"));
+        assert!(method.contains(r#""method" IN ('POST')"#), "{method}");
+        let many = sql(search_condition(DbBackend::Sqlite, "t"));
+        assert!(
+            many.contains(r#"IN ('GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS')"#),
+            "{many}"
+        );
+    }
 
     #[test]
     fn like_patterns_escape_wildcards() {

@@ -476,18 +476,25 @@ async fn reserve_ids(
             Ok(ids)
         }
         _ => {
-            // AUTOINCREMENT's high-water mark: ids of purged rows are never reused. The
-            // explicit inserts below move the mark; the write transaction serialises writers.
+            // A counter row, not MAX(id): ids of purged rows are never handed out again,
+            // and the clustered table has no index on id alone. The write transaction
+            // serialises writers.
             let row = txn
-                .query_one(Statement::from_string(
+                .query_one(Statement::from_sql_and_values(
                     backend,
-                    "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'log_entries'), 0) AS seq",
+                    "UPDATE log_id_sequence SET last_id = last_id + ? WHERE name = 'log_entries' RETURNING last_id",
+                    [count_i64.into()],
                 ))
                 .await?;
-            let high: i64 = match row {
-                Some(row) => row.try_get("", "seq")?,
-                None => 0,
+            let last: i64 = match row {
+                Some(row) => row.try_get("", "last_id")?,
+                None => {
+                    return Err(StoreError::Database(DbErr::Custom(
+                        "log_id_sequence has no log_entries row".into(),
+                    )));
+                }
             };
+            let high = last - count_i64;
             Ok((1..=count_i64).map(|offset| high + offset).collect())
         }
     }
