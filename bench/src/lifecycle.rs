@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use reqlog_client::{ReqlogClient, pb};
+use reqlog_client::pb;
 use sea_orm::{ConnectionTrait, Database};
 use tokio_stream::StreamExt;
 
 use crate::data::{self, Generator};
 use crate::server::ServerProcess;
-use crate::workloads::{BenchDb, figure, percentile};
+use crate::workloads::{BenchDb, figure, percentile, record_until};
 use crate::{Backend, Context, Figure};
 
 /// The key W5 purges: it holds a tenth of the rows.
@@ -186,38 +186,6 @@ fn sql(ctx: &Context, sqlite: &str) -> String {
     }
 }
 
-/// Unary RecordRequest from LATENCY_CALLERS callers until `stop`; returns latencies in ms.
-async fn latency_load(
-    client: ReqlogClient,
-    now_seconds: i64,
-    seed: u64,
-    stop: Arc<AtomicBool>,
-) -> Result<Vec<f64>, String> {
-    let mut callers = Vec::new();
-    for caller in 0..LATENCY_CALLERS {
-        let client = client.clone();
-        let stop = Arc::clone(&stop);
-        let mut generator = Generator::new(seed * 1000 + caller, 1_000_000, now_seconds);
-        callers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let mut record = generator.next_record();
-                // Rows of today: the sweep must not delete them under the load.
-                record.timestamp = None;
-                let sent = Instant::now();
-                client.record(record).await.map_err(|e| e.to_string())?;
-                latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
-            }
-            Ok::<_, String>(latencies)
-        }));
-    }
-    let mut all = Vec::new();
-    for caller in callers {
-        all.extend(caller.await.map_err(|e| e.to_string())??);
-    }
-    Ok(all)
-}
-
 /// W5: purge a key holding a tenth of the rows, then sweep half of the rest with a steady
 /// unary load running; baselines are raw batched DELETEs of the same rows on a copy.
 pub(crate) async fn purge(ctx: &Context) -> Result<Vec<Figure>, String> {
@@ -275,10 +243,12 @@ pub(crate) async fn purge(ctx: &Context) -> Result<Vec<Figure>, String> {
 
     eprintln!("W5: ingest latency, idle");
     let stop = Arc::new(AtomicBool::new(false));
-    let idle = tokio::spawn(latency_load(
+    let idle = tokio::spawn(record_until(
         server.client.clone(),
-        ctx.now_seconds,
+        LATENCY_CALLERS,
         11,
+        ctx.now_seconds,
+        true,
         Arc::clone(&stop),
     ));
     tokio::time::sleep(Duration::from_secs(ctx.seconds.clamp(2, 10))).await;
@@ -299,10 +269,12 @@ pub(crate) async fn purge(ctx: &Context) -> Result<Vec<Figure>, String> {
     }
     let cutoff = (ctx.now_seconds - i64::from(SWEEP_DAYS) * 86_400) * 1_000_000;
     let stop = Arc::new(AtomicBool::new(false));
-    let during = tokio::spawn(latency_load(
+    let during = tokio::spawn(record_until(
         server.client.clone(),
-        ctx.now_seconds,
+        LATENCY_CALLERS,
         12,
+        ctx.now_seconds,
+        true,
         Arc::clone(&stop),
     ));
     let started = Instant::now();

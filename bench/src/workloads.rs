@@ -1,6 +1,7 @@
 //! The workloads and their baselines.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -363,16 +364,48 @@ pub(crate) async fn unary_load(
     let client = ReqlogClient::connect(url.to_owned())
         .await
         .map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(ctx.seconds);
+    let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let mut callers = Vec::new();
-    for caller in 0..64u64 {
+    let load = tokio::spawn(record_until(
+        client,
+        64,
+        seed,
+        ctx.now_seconds,
+        false,
+        Arc::clone(&stop),
+    ));
+    tokio::time::sleep(Duration::from_secs(ctx.seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = load.await.map_err(|e| e.to_string())??;
+    let rate = all.len() as f64 / started.elapsed().as_secs_f64();
+    let p50 = percentile(&mut all, 0.50);
+    let p99 = percentile(&mut all, 0.99);
+    Ok((rate, p50, p99))
+}
+
+/// `callers` concurrent callers send generated records one RecordRequest at a time until
+/// `stop`; returns every call's latency in ms. With `today`, records carry no timestamp
+/// (the server's now), so a retention sweep running meanwhile leaves them alone.
+pub(crate) async fn record_until(
+    client: ReqlogClient,
+    callers: u64,
+    seed: u64,
+    now_seconds: i64,
+    today: bool,
+    stop: Arc<AtomicBool>,
+) -> Result<Vec<f64>, String> {
+    let mut tasks = Vec::new();
+    for caller in 0..callers {
         let client = client.clone();
-        let mut generator = Generator::new(seed * 1000 + caller, 1_000_000, ctx.now_seconds);
-        callers.push(tokio::spawn(async move {
+        let stop = Arc::clone(&stop);
+        let mut generator = Generator::new(seed * 1000 + caller, 1_000_000, now_seconds);
+        tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            while Instant::now() < deadline {
-                let record = generator.next_record();
+            while !stop.load(Ordering::Relaxed) {
+                let mut record = generator.next_record();
+                if today {
+                    record.timestamp = None;
+                }
                 let sent = Instant::now();
                 client.record(record).await.map_err(|e| e.to_string())?;
                 latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
@@ -381,13 +414,10 @@ pub(crate) async fn unary_load(
         }));
     }
     let mut all = Vec::new();
-    for caller in callers {
-        all.extend(caller.await.map_err(|e| e.to_string())??);
+    for task in tasks {
+        all.extend(task.await.map_err(|e| e.to_string())??);
     }
-    let rate = all.len() as f64 / started.elapsed().as_secs_f64();
-    let p50 = percentile(&mut all, 0.50);
-    let p99 = percentile(&mut all, 0.99);
-    Ok((rate, p50, p99))
+    Ok(all)
 }
 
 /// Answers every RecordRequest at once: the transport's ceiling.
