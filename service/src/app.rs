@@ -170,6 +170,11 @@ impl Application {
             db.clone(),
             std::time::Duration::from_millis(500),
         ));
+        // PostgreSQL: copies new rows into the search index off the ingest path.
+        let search_indexer = tokio::spawn(store::search::index_forever(
+            db.clone(),
+            std::time::Duration::from_secs(1),
+        ));
 
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -239,6 +244,7 @@ impl Application {
         }
         monitor.abort();
         checkpointer.abort();
+        search_indexer.abort();
         writer_db.close().await.map_err(StoreError::from)?;
         db.close().await.map_err(StoreError::from)?;
         tracing::info!("stopped");

@@ -45,6 +45,10 @@ pub async fn lock_key_buckets<'a>(
         .into_iter()
         .map(|(account, key)| key_lock_bucket(account, key))
         .collect();
+    if !exclusive && !buckets.is_empty() {
+        // Ingest also holds the search indexer's barrier (see `store::search`).
+        buckets.push(super::search::INGEST_BARRIER_LOCK);
+    }
     // One order everywhere, so two transactions never wait on each other in a cycle.
     buckets.sort_unstable();
     buckets.dedup();
@@ -137,7 +141,7 @@ pub async fn delete_rows_before(
 
 /// Deletes the rows `batch` (a SELECT without columns) finds, by their primary key:
 /// `(account_id, ts, id)` on SQLite, where the table is clustered on it and `id` alone is
-/// not indexed; `id` on PostgreSQL.
+/// not indexed; `id` on PostgreSQL, where they also leave the search index.
 async fn delete_batch(
     db: &impl ConnectionTrait,
     mut batch: sea_orm::sea_query::SelectStatement,
@@ -154,8 +158,25 @@ async fn delete_batch(
             .in_subquery(batch)
         }
         _ => {
+            // The rows leave the search index in the same statement.
             batch.column(C::Id);
-            Expr::col(C::Id).in_subquery(batch)
+            let (batch_sql, values) = batch.build(sea_orm::sea_query::PostgresQueryBuilder);
+            let row = db
+                .query_one(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    format!(
+                        "WITH gone AS (DELETE FROM log_entries WHERE id IN ({batch_sql}) RETURNING id), \
+                         unindexed AS (DELETE FROM log_search WHERE id IN (SELECT id FROM gone)) \
+                         SELECT COUNT(*) AS deleted FROM gone"
+                    ),
+                    values.0,
+                ))
+                .await?;
+            let deleted = match row {
+                Some(row) => row.try_get::<i64>("", "deleted")?,
+                None => 0,
+            };
+            return Ok(u64::try_from(deleted).unwrap_or(0));
         }
     };
     let delete = Query::delete()

@@ -2,10 +2,10 @@
 
 use std::collections::HashMap;
 
-use sea_orm::sea_query::{Condition, Expr, NullOrdering, SimpleExpr};
+use sea_orm::sea_query::{Alias, Asterisk, Condition, Expr, NullOrdering, Query, SimpleExpr};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, Order, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Select,
+    QueryOrder, QuerySelect, QueryTrait, Select,
 };
 
 use super::StoreError;
@@ -30,15 +30,100 @@ pub async fn page(
     after: Option<&Cursor>,
     page_size: u32,
 ) -> Result<Page, StoreError> {
-    let select = page_select(db.get_database_backend(), query, after, page_size);
-    let mut rows = select.all(db).await?;
+    let backend = db.get_database_backend();
+    if let Some(term) = indexed_search_term(backend, query) {
+        return indexed_search_page(db, query, term, after, page_size).await;
+    }
+    let rows = page_select(backend, query, after, page_size)
+        .all(db)
+        .await?;
+    Ok(finish_page(query, rows, page_size))
+}
+
+fn finish_page(query: &LogQuery, mut rows: Vec<log_entry::Model>, page_size: u32) -> Page {
     let next = if rows.len() > page_size as usize {
         rows.truncate(page_size as usize);
         rows.last().map(|last| cursor_of(query.order.field, last))
     } else {
         None
     };
-    Ok(Page { rows, next })
+    Page { rows, next }
+}
+
+/// Rows of the newest (in the query's direction) an indexed search walks before it looks
+/// the term up instead: a term on more than ~5% of rows fills a page within them.
+const SEARCH_WALK_ROWS: u64 = 2_000;
+
+/// The search term, when PostgreSQL's search index can answer this query: time order, a
+/// term of three characters or more (trigrams), and one that only free-text columns can hold
+/// (the index does not copy methods, status codes and IP hashes).
+fn indexed_search_term(backend: DbBackend, query: &LogQuery) -> Option<&str> {
+    let term = query.filter.search.as_deref()?;
+    let eligible = backend == DbBackend::Postgres
+        && query.order.field == SortField::Timestamp
+        && term.chars().count() >= 3
+        && SearchColumns::of(term).free_text_only();
+    eligible.then_some(term)
+}
+
+/// A search page on PostgreSQL: first the walk over the newest rows (cheap when the term is
+/// frequent); when that does not fill the page, the rows the index holds for the term plus
+/// the rows not indexed yet, merged in time order.
+async fn indexed_search_page(
+    db: &impl ConnectionTrait,
+    query: &LogQuery,
+    term: &str,
+    after: Option<&Cursor>,
+    page_size: u32,
+) -> Result<Page, StoreError> {
+    let backend = db.get_database_backend();
+    let wanted = page_size as usize + 1;
+    let mut unsearched = query.clone();
+    unsearched.filter.search = None;
+    let recent = page_select(backend, &unsearched, after, 0)
+        .limit(SEARCH_WALK_ROWS)
+        .into_query();
+    let direction = if query.order.descending {
+        Order::Desc
+    } else {
+        Order::Asc
+    };
+    let walk = Query::select()
+        .column(Asterisk)
+        .from_subquery(recent, Alias::new("recent"))
+        .cond_where(search_condition(backend, term))
+        .order_by(Alias::new("ts"), direction.clone())
+        .order_by(Alias::new("id"), direction)
+        .limit(wanted as u64)
+        .to_owned();
+    let rows = log_entry::Entity::find()
+        .from_raw_sql(backend.build(&walk))
+        .all(db)
+        .await?;
+    if rows.len() == wanted {
+        return Ok(finish_page(query, rows, page_size));
+    }
+
+    let indexed_through = super::search::watermark(db).await?;
+    let newest = page_select(backend, query, after, page_size)
+        .filter(log_entry::Column::Id.gt(indexed_through))
+        .all(db)
+        .await?;
+    let indexed = page_select(backend, query, after, page_size)
+        .filter(Expr::cust_with_values(
+            r#""log_entries"."id" IN (SELECT "id" FROM "log_search" WHERE "account_id" = $1 AND "doc" ILIKE $2 ESCAPE '\')"#,
+            [query.account_id.clone(), like_pattern(term)],
+        ))
+        .all(db)
+        .await?;
+    let mut rows = newest;
+    rows.extend(indexed);
+    rows.sort_by_key(|row| (row.ts, row.id));
+    if query.order.descending {
+        rows.reverse();
+    }
+    rows.truncate(wanted);
+    Ok(finish_page(query, rows, page_size))
 }
 
 /// The SELECT behind [`page`]: `page_size + 1` rows, so that a following page is known.
@@ -209,14 +294,44 @@ fn contains(backend: DbBackend, target: &str, pattern: &str) -> SimpleExpr {
     Expr::cust_with_values(sql, [pattern])
 }
 
+/// Which of the columns with a fixed shape could hold a search term: methods come from a
+/// fixed set, status codes are three digits, IP hashes lower-case hex.
+#[derive(Debug)]
+struct SearchColumns {
+    methods: Vec<&'static str>,
+    status_code: bool,
+    ip_hash: bool,
+}
+
+impl SearchColumns {
+    fn of(term: &str) -> Self {
+        let folded = term.to_ascii_uppercase();
+        Self {
+            methods: METHODS
+                .iter()
+                .copied()
+                .filter(|method| method.contains(folded.as_str()))
+                .collect(),
+            status_code: term.len() <= 3 && term.bytes().all(|b| b.is_ascii_digit()),
+            ip_hash: term.len() <= 64 && term.bytes().all(|b| b.is_ascii_hexdigit()),
+        }
+    }
+
+    /// Whether only the free-text columns (name, prefix, endpoint, query, error code) can
+    /// hold the term.
+    fn free_text_only(&self) -> bool {
+        self.methods.is_empty() && !self.status_code && !self.ip_hash
+    }
+}
+
 /// The search's test on each row, narrowed to the columns whose values could contain the
-/// term: methods come from a fixed set (an IN list, no pattern), status codes are three
-/// digits and IP hashes lower-case hex, so a term that cannot occur in them is not tried
-/// on every row. The rest are free text and always tried.
+/// term (see [`SearchColumns`]): methods become an IN list of the matching ones, and a term
+/// that cannot occur in a status code or an IP hash is not tried on them for every row. The
+/// free-text columns are always tried. Column names are unqualified, so the test also
+/// applies to a subquery's rows.
 fn search_condition(backend: DbBackend, term: &str) -> Condition {
-    use log_entry::Column as C;
     let pattern = like_pattern(term);
-    let folded = term.to_ascii_uppercase();
+    let columns = SearchColumns::of(term);
     let mut any = Condition::any();
     for target in [
         r#""api_key_name""#,
@@ -227,22 +342,17 @@ fn search_condition(backend: DbBackend, term: &str) -> Condition {
     ] {
         any = any.add(contains(backend, target, &pattern));
     }
-    let methods: Vec<&str> = METHODS
-        .iter()
-        .copied()
-        .filter(|method| method.contains(folded.as_str()))
-        .collect();
-    if !methods.is_empty() {
-        any = any.add(C::Method.is_in(methods));
+    if !columns.methods.is_empty() {
+        any = any.add(Expr::col(log_entry::Column::Method).is_in(columns.methods));
     }
-    if term.len() <= 3 && term.bytes().all(|b| b.is_ascii_digit()) {
+    if columns.status_code {
         any = any.add(contains(
             backend,
             r#"CAST("status_code" AS TEXT)"#,
             &pattern,
         ));
     }
-    if term.len() <= 64 && term.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if columns.ip_hash {
         any = any.add(contains(backend, r#""ip_hash""#, &pattern));
     }
     any
@@ -310,8 +420,6 @@ pub fn filter_condition(backend: DbBackend, account_id: &str, filter: &LogFilter
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::QueryTrait;
-
     use super::*;
 
     fn sql(condition: Condition) -> String {

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod entity;
 pub mod export;
 pub mod logs;
+pub mod search;
 pub mod settings;
 pub mod writer;
 

@@ -1,0 +1,169 @@
+//! Search beyond the walk over the newest rows: on PostgreSQL a term that the newest rows do
+//! not fill a page with is looked up in the search index (rows copied off the ingest path)
+//! and merged with the rows not indexed yet; on SQLite the same queries walk the account.
+//! Either way the pages are exactly the matching rows, newest first.
+
+use reqlog_client::pb;
+use reqlog_service::store::search;
+use reqlog_tests::{Backend, TestServer, backend_tests, record};
+use sea_orm::{ConnectionTrait, Statement};
+
+backend_tests!(
+    rare_terms_page_through_indexed_and_newest_rows,
+    purged_rows_leave_the_search_index,
+);
+
+const ACCOUNT: &str = "acct_search";
+/// More rows than the walk over the newest rows covers (2,000), so that a term only old rows
+/// hold is found through the index.
+const ROWS: usize = 2_600;
+
+fn marked(n: usize, marker: &str) -> pb::RequestRecord {
+    let mut record = record(ACCOUNT, n);
+    record.query_string = format!("q={marker}-{n}");
+    record
+}
+
+async fn record_all(server: &TestServer, records: Vec<pb::RequestRecord>) {
+    for chunk in records.chunks(1000) {
+        let response = server
+            .client
+            .record_batch(chunk.to_vec())
+            .await
+            .expect("batch");
+        assert_eq!(response.accepted as usize, chunk.len());
+    }
+}
+
+async fn search_all(server: &TestServer, term: &str, page_size: i32) -> Vec<String> {
+    let mut params = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = server
+            .client
+            .list_logs(pb::ListLogsRequest {
+                account_id: ACCOUNT.into(),
+                filter: Some(pb::LogFilter {
+                    search: term.into(),
+                    ..Default::default()
+                }),
+                page_size,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .expect("list");
+        params.extend(page.logs.into_iter().map(|e| e.query_params.unwrap_or_default()));
+        if page.next_page_token.is_empty() {
+            return params;
+        }
+        token = page.next_page_token;
+    }
+}
+
+async fn rare_terms_page_through_indexed_and_newest_rows(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    // The ten oldest rows carry the term, the rest do not.
+    let records = (0..ROWS)
+        .map(|n| {
+            if n < 10 {
+                marked(n, "Needle")
+            } else {
+                record(ACCOUNT, n)
+            }
+        })
+        .collect();
+    record_all(&server, records).await;
+    // Another account's rows with the term never show.
+    let mut other = marked(0, "Needle");
+    other.account_id = "acct_other".into();
+    server.client.record(other).await.expect("record");
+    search::index_pending(&server.db)
+        .await
+        .expect("index the rows so far");
+    // Two newer rows with the term arrive after indexing: only a walk can find them.
+    record_all(
+        &server,
+        vec![marked(ROWS, "needle"), marked(ROWS + 1, "NEEDLE")],
+    )
+    .await;
+
+    // Newest first: the timestamps grow with n (two rows per second, id breaks ties).
+    let expected: Vec<String> = [ROWS + 1, ROWS]
+        .into_iter()
+        .chain((0..10).rev())
+        .map(|n| {
+            let marker = match n {
+                n if n == ROWS => "needle",
+                n if n == ROWS + 1 => "NEEDLE",
+                _ => "Needle",
+            };
+            format!("q={marker}-{n}")
+        })
+        .collect();
+    for page_size in [4, 100] {
+        assert_eq!(
+            search_all(&server, "needle", page_size).await,
+            expected,
+            "page size {page_size}"
+        );
+    }
+    assert!(search_all(&server, "absent-needle", 50).await.is_empty());
+    // A frequent term fills a page from the newest rows alone.
+    let frequent = search_all(&server, "/v1/items/", 1000).await;
+    assert_eq!(frequent.len(), ROWS + 2);
+    server.shutdown().await;
+}
+
+async fn purged_rows_leave_the_search_index(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let records = (0..30).map(|n| marked(n, "haystack")).collect();
+    record_all(&server, records).await;
+    search::index_pending(&server.db).await.expect("index");
+    let indexed = |server: &TestServer| {
+        let db = server.db.clone();
+        async move {
+            if db.get_database_backend() != sea_orm::DbBackend::Postgres {
+                return None;
+            }
+            let row = db
+                .query_one(Statement::from_string(
+                    sea_orm::DbBackend::Postgres,
+                    "SELECT COUNT(*) AS n FROM log_search",
+                ))
+                .await
+                .expect("count")
+                .expect("a row");
+            Some(row.try_get::<i64>("", "n").expect("n"))
+        }
+    };
+    if let Some(count) = indexed(&server).await {
+        assert_eq!(count, 30);
+    }
+    let purged = server
+        .client
+        .admin()
+        .purge_for_key(pb::PurgeForKeyRequest {
+            account_id: ACCOUNT.into(),
+            api_key_id: "key_1".into(),
+        })
+        .await
+        .expect("purge")
+        .into_inner()
+        .deleted_count;
+    assert_eq!(purged, 10);
+    if let Some(count) = indexed(&server).await {
+        assert_eq!(count, 20);
+    }
+    let found = search_all(&server, "haystack", 7).await;
+    assert_eq!(found.len(), 20);
+    assert!(found.iter().all(|params| {
+        let n: usize = params.rsplit('-').next().and_then(|n| n.parse().ok()).expect("n");
+        n % 3 != 1
+    }));
+    server.shutdown().await;
+}
