@@ -53,7 +53,11 @@ async fn search_all(server: &TestServer, term: &str, page_size: i32) -> Vec<Stri
             })
             .await
             .expect("list");
-        params.extend(page.logs.into_iter().map(|e| e.query_params.unwrap_or_default()));
+        params.extend(
+            page.logs
+                .into_iter()
+                .map(|e| e.query_params.unwrap_or_default()),
+        );
         if page.next_page_token.is_empty() {
             return params;
         }
@@ -162,7 +166,11 @@ async fn purged_rows_leave_the_search_index(backend: Backend) {
     let found = search_all(&server, "haystack", 7).await;
     assert_eq!(found.len(), 20);
     assert!(found.iter().all(|params| {
-        let n: usize = params.rsplit('-').next().and_then(|n| n.parse().ok()).expect("n");
+        let n: usize = params
+            .rsplit('-')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("n");
         n % 3 != 1
     }));
     server.shutdown().await;
