@@ -1,5 +1,6 @@
 //! Storage: SeaORM entities, the single writer and the queries. The only place `DbErr` is seen.
 
+pub mod activity;
 pub mod admin;
 pub mod entity;
 pub mod export;
