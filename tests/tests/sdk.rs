@@ -137,22 +137,35 @@ async fn recorder_retries_across_a_server_restart_without_duplicates(backend: Ba
     server.shutdown().await;
 }
 
-async fn recorder_drops_and_counts_when_full_and_shutdown_delivers_the_rest(backend: Backend) {
-    let Some(server) = TestServer::start(backend).await else {
-        return;
-    };
+/// A recorder (batches of 1, `capacity` records) aimed at the address of a server that was
+/// started and stopped: nothing listens, so its first batch is stuck retrying while the
+/// buffer fills. Returns the address and database to start the server again on.
+async fn recorder_to_a_stopped_server(
+    backend: Backend,
+    capacity: usize,
+    overflow: Overflow,
+) -> Option<(std::net::SocketAddr, reqlog_tests::TestDb, Recorder)> {
+    let server = TestServer::start(backend).await?;
     let addr = server.addr;
     let test_db = server.stop().await;
-    // Nothing listens: the first batch is stuck retrying while the buffer fills.
     let recorder = Recorder::new(
         lazy_client(addr),
         RecorderConfig::default()
             .max_batch(1)
-            .capacity(5)
-            .overflow(Overflow::Drop)
+            .capacity(capacity)
+            .overflow(overflow)
             .backoff(Duration::from_millis(20), Duration::from_millis(100))
             .max_attempts(1_000),
     );
+    Some((addr, test_db, recorder))
+}
+
+async fn recorder_drops_and_counts_when_full_and_shutdown_delivers_the_rest(backend: Backend) {
+    let Some((addr, test_db, recorder)) =
+        recorder_to_a_stopped_server(backend, 5, Overflow::Drop).await
+    else {
+        return;
+    };
     let mut taken = 0;
     let mut refused = 0;
     for n in 0..30 {
@@ -174,20 +187,11 @@ async fn recorder_drops_and_counts_when_full_and_shutdown_delivers_the_rest(back
 }
 
 async fn recorder_waits_for_room_under_the_wait_policy(backend: Backend) {
-    let Some(server) = TestServer::start(backend).await else {
+    let Some((addr, test_db, recorder)) =
+        recorder_to_a_stopped_server(backend, 2, Overflow::Wait).await
+    else {
         return;
     };
-    let addr = server.addr;
-    let test_db = server.stop().await;
-    let recorder = Recorder::new(
-        lazy_client(addr),
-        RecorderConfig::default()
-            .max_batch(1)
-            .capacity(2)
-            .overflow(Overflow::Wait)
-            .backoff(Duration::from_millis(20), Duration::from_millis(100))
-            .max_attempts(1_000),
-    );
     let producer = {
         let recorder = recorder.clone();
         tokio::spawn(async move {
