@@ -25,6 +25,20 @@ pub enum Command {
     Serve(Box<Config>),
     /// Reads a token from standard input and prints its `token_sha256` for the auth file.
     HashToken,
+    /// Lists an account's logs as a table (or JSON lines).
+    Logs(Box<crate::cli::LogsArgs>),
+    /// Exports an account's logs (CSV, JSON, NDJSON) to a file or stdout.
+    Export(Box<crate::cli::ExportArgs>),
+    /// Deletes every row of an API key and marks it deleted (statistics stay).
+    Purge(crate::cli::PurgeArgs),
+    /// Runs the retention sweep now, for one account or all.
+    Sweep(crate::cli::SweepArgs),
+    /// Sets an account's plan and retention window (or previews it).
+    Plan(crate::cli::PlanArgs),
+    /// Prints an account's usage statistics.
+    Stats(Box<crate::cli::StatsArgs>),
+    /// Prints the ip_hash reqlog stores for an IP address (computed locally).
+    HashIp(crate::cli::HashIpArgs),
 }
 
 /// Log output format.

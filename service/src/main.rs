@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use reqlog_service::auth::file::token_sha256;
 use reqlog_service::config::{Cli, Command};
-use reqlog_service::{Application, telemetry};
+use reqlog_service::{Application, cli, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -32,6 +32,8 @@ async fn main() -> ExitCode {
             }
         }
         Command::HashToken => hash_token(),
+        // Every other subcommand is an operator command over the SDK.
+        command => cli::run(command).await,
     }
 }
 
