@@ -124,7 +124,7 @@ async fn logs_prints_a_table_and_json_with_every_filter(backend: Backend) {
         .collect();
     assert!(durations.windows(2).all(|w| w[0] <= w[1]), "{durations:?}");
 
-    // --ip hashes locally; --search and --limit.
+    // --ip is hashed by the server (HashIp); --limit.
     let output = reqlog(
         &[
             "logs",
@@ -278,6 +278,7 @@ backend_tests!(
     logs_prints_a_table_and_json_with_every_filter,
     export_writes_a_file_with_a_progress_line_or_to_stdout,
     admin_commands_purge_sweep_plan_and_stats,
+    hash_ip_and_the_ip_filter_follow_a_keyed_server,
 );
 
 #[tokio::test]
@@ -316,4 +317,60 @@ async fn errors_are_one_line_and_a_non_zero_exit() {
         stderr(&output),
         "reqlog: --since must be an RFC 3339 time (2026-03-06T12:00:00Z) or an age (90m, 2d)\n"
     );
+}
+
+/// With `--ip-hash-key-file` the stored hash is an HMAC: `hash-ip --account` and
+/// `logs --ip` ask the server, so they still find the rows; the offline hash does not match.
+async fn hash_ip_and_the_ip_filter_follow_a_keyed_server(backend: Backend) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let key_file = dir.path().join("ip.key");
+    std::fs::write(&key_file, "k".repeat(48)).expect("write the key");
+    let Some(server) = TestServer::start_with(backend, |config| {
+        config.ip_hash_key_file = Some(key_file.clone());
+    })
+    .await
+    else {
+        return;
+    };
+    let records: Vec<_> = (0..10).map(|n| record("acct_cli", n)).collect();
+    server.client.record_batch(records).await.expect("records");
+    let url = format!("http://{}", server.addr);
+
+    let output = reqlog(
+        &[
+            "hash-ip",
+            "203.0.113.4",
+            "--account",
+            "acct_cli",
+            "--server",
+            &url,
+        ],
+        &[],
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let keyed = stdout(&output).trim().to_owned();
+    assert_ne!(keyed, hash_ip("203.0.113.4").expect("an IP"));
+
+    let output = reqlog(
+        &[
+            "logs",
+            "acct_cli",
+            "--server",
+            &url,
+            "--json",
+            "--ip",
+            "203.0.113.4",
+        ],
+        &[],
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let rows: Vec<serde_json::Value> = stdout(&output)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON object"))
+        .collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["ip_hash"], keyed);
+    server.shutdown().await;
 }

@@ -98,11 +98,18 @@ pub struct StatsArgs {
     pub json: bool,
 }
 
-/// `reqlog hash-ip IP`.
+/// `reqlog hash-ip IP [--account ACCOUNT]`.
 #[derive(Debug, Clone, Args)]
 pub struct HashIpArgs {
+    #[command(flatten)]
+    /// Server and credentials (used with --account).
+    pub connect: Connect,
     /// An IPv4 or IPv6 address.
     pub ip: String,
+    /// Ask the server (HashIp) for the hash it stores for this account: needed when it runs
+    /// with an IP-hash key. Without it the plain SHA-256 is computed here, offline.
+    #[arg(long)]
+    pub account: Option<String>,
 }
 
 pub(super) async fn purge(args: PurgeArgs) -> Result<(), CliError> {
@@ -269,9 +276,15 @@ pub(super) async fn stats(args: StatsArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-pub(super) fn hash_ip(args: &HashIpArgs) -> Result<(), CliError> {
-    let hash = reqlog_client::hash_ip(&args.ip)
-        .map_err(|_| CliError::Usage("not an IP address".into()))?;
+pub(super) async fn hash_ip(args: HashIpArgs) -> Result<(), CliError> {
+    let hash = match &args.account {
+        Some(account) => {
+            let client = args.connect.client()?;
+            super::server_hash_ip(&client, account, &args.ip).await?
+        }
+        None => reqlog_client::hash_ip(&args.ip)
+            .map_err(|_| CliError::Usage("not an IP address".into()))?,
+    };
     println!("{hash}");
     Ok(())
 }

@@ -110,7 +110,7 @@ pub(super) async fn run(args: ExportArgs) -> Result<(), CliError> {
         Format::Json => pb::ExportFormat::Json,
         Format::Ndjson => pb::ExportFormat::Ndjson,
     };
-    let mut request = args.filter.query()?.export_request(format);
+    let mut request = args.filter.query_for(&client).await?.export_request(format);
     request.ids = args.ids.clone();
     let mut progress = Progress::new(args.quiet);
     let to_file = args.output.as_ref().filter(|path| path.as_os_str() != "-");

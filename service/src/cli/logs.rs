@@ -38,7 +38,11 @@ const MAX_CELL: usize = 48;
 
 pub(super) async fn run(args: LogsArgs) -> Result<(), CliError> {
     let client = args.connect.client()?;
-    let query = args.filter.query()?.page_size(args.page_size);
+    let query = args
+        .filter
+        .query_for(&client)
+        .await?
+        .page_size(args.page_size);
     let limit = if args.limit == 0 {
         usize::MAX
     } else {

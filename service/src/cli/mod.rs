@@ -114,7 +114,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Sweep(args) => admin::sweep(args).await,
         Command::Plan(args) => admin::plan(args).await,
         Command::Stats(args) => admin::stats(*args).await,
-        Command::HashIp(args) => admin::hash_ip(&args),
+        Command::HashIp(args) => admin::hash_ip(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -261,7 +261,8 @@ pub struct FilterArgs {
     #[arg(long = "error-code", value_name = "CODE")]
     pub error_codes: Vec<String>,
 
-    /// Only requests from this IP (hashed here; the raw IP is never sent).
+    /// Only requests from this IP (hashed by the server's HashIp, so that it matches a server
+    /// with an IP-hash key too).
     #[arg(long, conflicts_with = "ip_hash")]
     pub ip: Option<String>,
 
@@ -291,7 +292,20 @@ pub struct FilterArgs {
 }
 
 impl FilterArgs {
-    /// The SDK query these flags describe.
+    /// The SDK query these flags describe, `--ip` hashed by the server.
+    pub async fn query_for(
+        &self,
+        client: &reqlog_client::ReqlogClient,
+    ) -> Result<LogQuery, CliError> {
+        let query = self.query()?;
+        let Some(ip) = &self.ip else {
+            return Ok(query);
+        };
+        let hash = server_hash_ip(client, &self.account_id, ip).await?;
+        Ok(query.ip_hash_prefix(hash))
+    }
+
+    /// The SDK query these flags describe, `--ip` left out (see [`Self::query_for`]).
     pub fn query(&self) -> Result<LogQuery, CliError> {
         let mut query = LogQuery::new(self.account_id.clone());
         if let Some(search) = &self.search {
@@ -312,11 +326,6 @@ impl FilterArgs {
         for code in &self.error_codes {
             query = query.error_code(code.clone());
         }
-        if let Some(ip) = &self.ip {
-            let hash = reqlog_client::hash_ip(ip)
-                .map_err(|_| CliError::Usage("--ip is not an IP address".into()))?;
-            query = query.ip_hash_prefix(hash);
-        }
         if let Some(prefix) = &self.ip_hash {
             query = query.ip_hash_prefix(prefix.clone());
         }
@@ -335,4 +344,23 @@ impl FilterArgs {
         }
         Ok(query)
     }
+}
+
+/// `ip`'s hash as the server stores it for `account_id` (keyed when the server has an
+/// IP-hash key, plain SHA-256 otherwise).
+pub(crate) async fn server_hash_ip(
+    client: &reqlog_client::ReqlogClient,
+    account_id: &str,
+    ip: &str,
+) -> Result<String, CliError> {
+    Ok(client
+        .logs()
+        .hash_ip(reqlog_client::pb::HashIpRequest {
+            account_id: account_id.to_owned(),
+            ip: ip.to_owned(),
+        })
+        .await
+        .map_err(reqlog_client::ClientError::from)?
+        .into_inner()
+        .ip_hash)
 }

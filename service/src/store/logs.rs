@@ -119,6 +119,9 @@ async fn indexed_search_page(
     let mut rows = newest;
     rows.extend(indexed);
     rows.sort_by_key(|row| (row.ts, row.id));
+    // The two reads are separate statements: the indexer may have copied a row between
+    // them, and then both found it.
+    rows.dedup_by_key(|row| row.id);
     if query.order.descending {
         rows.reverse();
     }
