@@ -4,6 +4,7 @@
 //! (e.g. `postgres://postgres@127.0.0.1:5432/postgres`) the same tests also run on
 //! PostgreSQL, each in a database of its own. `TEST_LOG=1` turns server tracing on.
 
+pub mod load;
 pub mod process;
 
 use std::sync::Arc;

@@ -14,6 +14,7 @@ use crate::domain::filter::{LogQuery, effective_page_size};
 use crate::domain::page_token::PageTokenKey;
 use crate::domain::time::now_micros;
 use crate::error::Error;
+use crate::shutdown::Ending;
 use crate::store::logs;
 
 /// Lists and exports logs for consoles and services.
@@ -22,16 +23,19 @@ pub struct LogApi {
     db: DatabaseConnection,
     tokens: PageTokenKey,
     exports: ExportLimit,
+    ending: Ending,
 }
 
 impl LogApi {
-    /// A log service reading from `db`, sealing page tokens with `tokens`.
-    pub fn new(db: DatabaseConnection, tokens: PageTokenKey) -> Self {
+    /// A log service reading from `db`, sealing page tokens with `tokens`; running exports
+    /// end (UNAVAILABLE) when `ending` fires.
+    pub fn new(db: DatabaseConnection, tokens: PageTokenKey, ending: Ending) -> Self {
         let exports = ExportLimit::for_pool(&db);
         Self {
             db,
             tokens,
             exports,
+            ending,
         }
     }
 }
@@ -100,7 +104,13 @@ impl LogService for LogApi {
         &self,
         request: Request<pb::ExportLogsRequest>,
     ) -> Result<Response<Self::ExportLogsStream>, Status> {
-        export::export_logs(&self.db, &self.exports, request.into_inner()).await
+        export::export_logs(
+            &self.db,
+            &self.exports,
+            self.ending.clone(),
+            request.into_inner(),
+        )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id))]
