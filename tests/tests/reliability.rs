@@ -173,7 +173,66 @@ async fn sigkill_during_ingest_then_retries_store_each_record_once(backend: Back
     test_db.remove().await;
 }
 
+/// SIGTERM during an export that outlasts half the grace period (the reader is slow):
+/// the export ends with UNAVAILABLE, not with a summary, and the server still exits 0.
+async fn sigterm_ends_a_long_export_cleanly(backend: Backend) {
+    let Some(test_db) = TestDb::create(backend).await else {
+        return;
+    };
+    let mut server = start("sigterm-export", &test_db.url, &["--shutdown-grace", "4s"]);
+    let client = ReqlogClient::connect(server.endpoint())
+        .await
+        .expect("the client should connect");
+    let mut log = IngestLog::default();
+    // ~18 MB of NDJSON: more than HTTP/2 windows and socket buffers hold in flight.
+    for seq in 0..60 {
+        log.send(&client, id_batch(ACCOUNT, "export", 0, seq, 1_000))
+            .await
+            .expect("ingest on an idle server succeeds");
+    }
+    let mut stream = client
+        .logs()
+        .export_logs(reqlog_client::pb::ExportLogsRequest {
+            account_id: ACCOUNT.to_owned(),
+            format: reqlog_client::pb::ExportFormat::Ndjson as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("the export should start")
+        .into_inner();
+    let first = stream.message().await.expect("a first chunk");
+    assert!(first.is_some());
+    server.signal("TERM");
+    // At 50 ms a chunk the ~280 chunks take far longer than the 2 s exports get.
+    let mut chunks = 1;
+    let ended = loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        match stream.message().await {
+            Ok(Some(message)) => {
+                assert!(
+                    matches!(
+                        message.payload,
+                        Some(reqlog_client::pb::export_logs_response::Payload::Chunk(_))
+                    ),
+                    "a slow export must not reach its summary after {chunks} chunks"
+                );
+                chunks += 1;
+            }
+            Ok(None) => panic!("the export ended without a status after {chunks} chunks"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    let status = server
+        .wait_exit(Duration::from_secs(60))
+        .expect("the server should stop");
+    assert!(status.success(), "{status}:\n{}", server.log_text());
+    assert_eq!(server.events("export ended by shutdown").len(), 1);
+    test_db.remove().await;
+}
+
 backend_tests!(
+    sigterm_ends_a_long_export_cleanly,
     sigterm_during_ingest_keeps_every_acknowledged_record,
     sigkill_during_ingest_then_retries_store_each_record_once,
 );
