@@ -37,8 +37,8 @@ pub struct IngestLog {
     pub acknowledged: Vec<String>,
     /// Batches that got no acknowledgement, to retry with the same ids.
     pub unacknowledged: Vec<Vec<pb::RequestRecord>>,
-    /// The status codes of failed calls, in order.
-    pub failures: Vec<Code>,
+    /// The failed calls' codes and messages, in order.
+    pub failures: Vec<(Code, String)>,
 }
 
 impl IngestLog {
@@ -65,7 +65,8 @@ impl IngestLog {
                 Ok(())
             }
             Err(status) => {
-                self.failures.push(status.code());
+                self.failures
+                    .push((status.code(), status.message().to_owned()));
                 self.unacknowledged.push(batch);
                 Err(status)
             }

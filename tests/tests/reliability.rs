@@ -107,10 +107,15 @@ async fn sigterm_during_ingest_keeps_every_acknowledged_record(backend: Backend)
     );
     assert_eq!(server.events("stopped").len(), 1, "{}", server.log_text());
     for log in &logs {
-        for code in &log.failures {
+        for (code, message) in &log.failures {
+            // A stream cut by the closing connection reaches tonic's client as an h2 error,
+            // which it reports as INTERNAL "h2 protocol error: …"; the server's own INTERNAL
+            // ("database error") would be a real failure.
+            let transport = *code == Code::Internal && message.starts_with("h2 protocol error");
             assert!(
-                matches!(code, Code::Unavailable | Code::Cancelled | Code::Unknown),
-                "a call during shutdown failed with {code:?}"
+                transport || matches!(code, Code::Unavailable | Code::Cancelled | Code::Unknown),
+                "a call during shutdown failed with {code:?} {message}:\n{}",
+                server.log_text()
             );
         }
     }
