@@ -105,7 +105,6 @@ async fn sigterm_during_ingest_keeps_every_acknowledged_record(backend: Backend)
         "a graceful stop exits 0, got {status}:\n{}",
         server.log_text()
     );
-    assert_eq!(server.events("stopped").len(), 1, "{}", server.log_text());
     for log in &logs {
         for (code, message) in &log.failures {
             // A stream cut by the closing connection reaches tonic's client as an h2 error,
@@ -250,7 +249,9 @@ const OVERLOAD_RECORDS: usize = 400_000;
 const OVERLOAD_CALLERS: usize = 32;
 const OVERLOAD_CONNECTIONS: usize = 8;
 const OVERLOAD_BATCH: usize = 1_000;
-const RSS_GROWTH_LIMIT_KIB: u64 = 48 * 1024;
+/// In-flight calls (32 × ~1,000 decoded records) dominate what the server holds: measured
+/// ~30-40 MiB of growth; the 400,000 records offered would be several times the limit.
+const RSS_GROWTH_LIMIT_KIB: u64 = 64 * 1024;
 
 /// A database slower than the load: another session holds an EXCLUSIVE lock on the log
 /// table most of the time (reads go on, writes wait), so the writer's inserts wait.
