@@ -35,8 +35,47 @@ impl ReqlogClient {
     /// ```
     pub async fn export_to<W>(
         &self,
+        writer: W,
+        request: pb::ExportLogsRequest,
+    ) -> Result<pb::ExportSummary, ClientError>
+    where
+        W: AsyncWrite + Unpin,
+    {
+        self.export_to_with(writer, request, |_| {}).await
+    }
+
+    /// As [`ReqlogClient::export_to`], calling `on_chunk` with each chunk once it is written
+    /// (for a progress line).
+    pub async fn export_to_with<W>(
+        &self,
+        writer: W,
+        request: pb::ExportLogsRequest,
+        on_chunk: impl FnMut(&[u8]),
+    ) -> Result<pb::ExportSummary, ClientError>
+    where
+        W: AsyncWrite + Unpin,
+    {
+        // tonic's deadline ends when the response starts; a stream's deadline must also
+        // cover its body, so the whole transfer runs under it here.
+        match self.options.timeout {
+            Some(timeout) => {
+                tokio::time::timeout(timeout, self.export_inner(writer, request, on_chunk))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ClientError::Rpc(Box::new(
+                            tonic::Status::deadline_exceeded("export deadline exceeded"),
+                        )))
+                    })
+            }
+            None => self.export_inner(writer, request, on_chunk).await,
+        }
+    }
+
+    async fn export_inner<W>(
+        &self,
         mut writer: W,
         request: pb::ExportLogsRequest,
+        mut on_chunk: impl FnMut(&[u8]),
     ) -> Result<pb::ExportSummary, ClientError>
     where
         W: AsyncWrite + Unpin,
@@ -50,6 +89,7 @@ impl ReqlogClient {
                     digest.update(&chunk);
                     received += chunk.len() as u64;
                     writer.write_all(&chunk).await?;
+                    on_chunk(&chunk);
                 }
                 Some(Payload::Summary(summary)) => {
                     writer.flush().await?;
@@ -84,7 +124,7 @@ impl ReqlogClient {
 }
 
 /// Lower-case hex.
-fn to_hex(bytes: &[u8]) -> String {
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for &b in bytes {

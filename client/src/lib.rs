@@ -23,8 +23,13 @@
 //! # }
 //! ```
 
+use std::time::Duration;
+
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
 
 /// Generated protobuf types and gRPC clients (and, with the `server` feature, server stubs).
@@ -38,7 +43,22 @@ pub mod pb {
 
 pub use prost_types;
 
+mod builder;
 mod export;
+mod ip;
+#[cfg(feature = "tower")]
+mod layer;
+mod query;
+mod recorder;
+
+pub use builder::ClientBuilder;
+#[cfg(feature = "tls")]
+pub use builder::TlsOptions;
+pub use ip::{InvalidIp, hash_ip};
+#[cfg(feature = "tower")]
+pub use layer::{ApiKeyIdentity, ClientIp, RecorderLayer, RecorderService};
+pub use query::{LogQuery, LogStream};
+pub use recorder::{Overflow, RecordError, Recorder, RecorderConfig, RecorderStats};
 
 use pb::admin_service_client::AdminServiceClient;
 use pb::ingest_service_client::IngestServiceClient;
@@ -79,6 +99,10 @@ pub enum ClientError {
     /// Any other gRPC status.
     #[error("rpc failed: {0}")]
     Rpc(Box<Status>),
+    /// The bearer token cannot be sent as gRPC metadata (it holds characters outside
+    /// visible ASCII). The token itself is never part of the message.
+    #[error("invalid token: it must be visible ASCII")]
+    InvalidToken,
     /// The connection could not be set up.
     #[error("transport error: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -162,41 +186,147 @@ pub struct RecordOutcome {
     pub duplicate: bool,
 }
 
+/// The generated clients' transport: the channel plus [`CallOptions`] on every call.
+pub type AuthChannel = InterceptedService<Channel, CallOptions>;
+
+/// What [`ReqlogClient`] adds to every call: the bearer token and the call's deadline.
+///
+/// Applied by an interceptor, so the generated clients from [`ReqlogClient::ingest`],
+/// [`ReqlogClient::logs`] and [`ReqlogClient::admin`] carry them too.
+#[derive(Clone, Default)]
+pub struct CallOptions {
+    authorization: Option<AsciiMetadataValue>,
+    timeout: Option<Duration>,
+}
+
+// Written by hand: the token must never reach a log line.
+impl std::fmt::Debug for CallOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallOptions")
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "Bearer ***"),
+            )
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl CallOptions {
+    /// Options sending `token` as `authorization: Bearer <token>`.
+    pub fn with_token(token: &str) -> Result<Self, ClientError> {
+        let mut value: AsciiMetadataValue = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ClientError::InvalidToken)?;
+        value.set_sensitive(true);
+        Ok(Self {
+            authorization: Some(value),
+            timeout: None,
+        })
+    }
+}
+
+impl Interceptor for CallOptions {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        // Sent as `grpc-timeout`: tonic's channel enforces it here and the server sees it.
+        if let Some(timeout) = self.timeout {
+            request.set_timeout(timeout);
+        }
+        Ok(request)
+    }
+}
+
 /// A connection to a reqlog server; cheap to clone, and every clone shares the connection.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), reqlog_client::ClientError> {
+/// use std::time::Duration;
+/// use reqlog_client::ReqlogClient;
+///
+/// let client = ReqlogClient::builder("http://127.0.0.1:50051")
+///     .token("s3cret")
+///     .timeout(Duration::from_secs(10))
+///     .connect()
+///     .await?;
+/// // One call with a shorter deadline; `client` keeps its own.
+/// let quick = client.with_timeout(Duration::from_millis(500));
+/// # let _ = quick;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct ReqlogClient {
     channel: Channel,
+    options: CallOptions,
 }
 
 impl ReqlogClient {
-    /// Connects to a server at `endpoint`, e.g. `http://127.0.0.1:50051`.
+    /// Connects to a server at `endpoint`, e.g. `http://127.0.0.1:50051`, with no token,
+    /// no TLS and no deadline; [`ReqlogClient::builder`] sets those.
     pub async fn connect(endpoint: impl Into<String>) -> Result<Self, ClientError> {
         let channel = Endpoint::from_shared(endpoint.into())?.connect().await?;
         Ok(Self::from_channel(channel))
     }
 
+    /// A builder for a client with a token, TLS, deadlines or a lazy connection.
+    pub fn builder(endpoint: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(endpoint)
+    }
+
     /// Wraps a channel the caller configured (TLS, timeouts, load balancing).
     pub fn from_channel(channel: Channel) -> Self {
-        Self { channel }
+        Self {
+            channel,
+            options: CallOptions::default(),
+        }
+    }
+
+    /// Wraps a channel, sending `options` with every call.
+    pub fn from_channel_with(channel: Channel, options: CallOptions) -> Self {
+        Self { channel, options }
+    }
+
+    /// A clone whose calls carry this deadline (sent as `grpc-timeout`, enforced by the
+    /// client too; for an export, over the whole stream); the connection is shared.
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        let mut clone = self.clone();
+        clone.options.timeout = Some(timeout);
+        clone
+    }
+
+    /// A clone that sends `token` as `authorization: Bearer <token>` on every call.
+    pub fn with_token(&self, token: &str) -> Result<Self, ClientError> {
+        let mut clone = self.clone();
+        clone.options.authorization = CallOptions::with_token(token)?.authorization;
+        Ok(clone)
+    }
+
+    fn intercepted(&self) -> AuthChannel {
+        InterceptedService::new(self.channel.clone(), self.options.clone())
     }
 
     /// The generated ingest client, for calls this type does not wrap.
-    pub fn ingest(&self) -> IngestServiceClient<Channel> {
-        IngestServiceClient::new(self.channel.clone())
+    pub fn ingest(&self) -> IngestServiceClient<AuthChannel> {
+        IngestServiceClient::new(self.intercepted())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     /// The generated log client, for calls this type does not wrap.
-    pub fn logs(&self) -> LogServiceClient<Channel> {
-        LogServiceClient::new(self.channel.clone())
+    pub fn logs(&self) -> LogServiceClient<AuthChannel> {
+        LogServiceClient::new(self.intercepted())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     /// The generated admin client, for calls this type does not wrap.
-    pub fn admin(&self) -> AdminServiceClient<Channel> {
-        AdminServiceClient::new(self.channel.clone())
+    pub fn admin(&self) -> AdminServiceClient<AuthChannel> {
+        AdminServiceClient::new(self.intercepted())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }

@@ -6,6 +6,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_create_schema;
+mod m20261122_000002_activity;
 mod m20261122_000003_search_index;
 
 /// Every reqlog migration, in order.
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         vec![
             Box::new(m20261122_000001_create_schema::Migration),
+            Box::new(m20261122_000002_activity::Migration),
             Box::new(m20261122_000003_search_index::Migration),
         ]
     }

@@ -10,12 +10,15 @@ use reqlog_client::{MAX_MESSAGE_BYTES, pb};
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tonic::transport::Server;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tower_http::trace::TraceLayer;
 
+use crate::auth::{AuthFileError, AuthInterceptor, Authenticator};
 use crate::config::Config;
+use crate::domain::ip::{IpHasher, MIN_IP_HASH_KEY_BYTES};
 use crate::domain::page_token::PageTokenKey;
 use crate::domain::query::Sanitizer;
 use crate::domain::record::RecordRules;
@@ -49,6 +52,9 @@ pub enum AppError {
     /// Calls were still running when the shutdown grace period ran out; they were abandoned.
     #[error("calls still running after the {0:?} shutdown grace period were abandoned")]
     GraceExpired(Duration),
+    /// The auth file could not be read or is not valid.
+    #[error(transparent)]
+    Auth(#[from] AuthFileError),
 }
 
 /// A built server: connected, migrated and bound, not yet serving.
@@ -59,24 +65,74 @@ pub struct Application {
     writer_db: DatabaseConnection,
     config: Config,
     tokens: PageTokenKey,
+    authenticator: Arc<Authenticator>,
+    ip_hasher: IpHasher,
+    tls: Option<ServerTlsConfig>,
 }
 
 /// Refuses what would be a hole if accepted and ignored.
 fn check_config(config: &Config) -> Result<(), AppError> {
-    if config.auth_file.is_some() {
-        return Err(AppError::Config(
-            "--auth-file is not supported yet (access control has not landed); refusing to \
-             start rather than ignore it"
-                .into(),
-        ));
-    }
-    if !config.listen.ip().is_loopback() {
+    if config.auth_file.is_none() && !config.listen.ip().is_loopback() {
         return Err(AppError::Config(format!(
-            "refusing to listen on {} without access control: use a loopback address",
+            "refusing to listen on {} without access control: use a loopback address or \
+             --auth-file",
             config.listen
         )));
     }
     Ok(())
+}
+
+fn read_file(flag: &str, path: &std::path::Path) -> Result<Vec<u8>, AppError> {
+    std::fs::read(path)
+        .map_err(|error| AppError::Config(format!("{flag} {}: {error}", path.display())))
+}
+
+/// The TLS settings of `--tls-cert`, `--tls-key` and `--tls-client-ca`, files read now so
+/// that a bad path stops the start instead of the first handshake.
+fn tls_config(config: &Config) -> Result<Option<ServerTlsConfig>, AppError> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let identity = Identity::from_pem(read_file("--tls-cert", cert)?, read_file("--tls-key", key)?);
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &config.tls_client_ca {
+        // Client certificates are then required, not merely checked when offered.
+        tls = tls.client_ca_root(Certificate::from_pem(read_file("--tls-client-ca", ca)?));
+    }
+    Ok(Some(tls))
+}
+
+fn ip_hasher(config: &Config) -> Result<IpHasher, AppError> {
+    let Some(path) = &config.ip_hash_key_file else {
+        return Ok(IpHasher::Plain);
+    };
+    IpHasher::keyed(&read_file("--ip-hash-key-file", path)?).map_err(|_| {
+        AppError::Config(format!(
+            "--ip-hash-key-file {} must hold at least {MIN_IP_HASH_KEY_BYTES} bytes",
+            path.display()
+        ))
+    })
+}
+
+/// Re-reads the auth file on every SIGHUP; a bad file keeps the principals in force.
+async fn reload_on_hangup(authenticator: Arc<Authenticator>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::error!(%error, "cannot watch SIGHUP; the auth file will not be reloaded");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        match authenticator.reload() {
+            Ok(principals) => tracing::info!(principals, "auth file reloaded"),
+            Err(error) => tracing::error!(
+                %error,
+                "auth file reload failed; the principals loaded before stay in force"
+            ),
+        }
+    }
 }
 
 impl Application {
@@ -84,6 +140,12 @@ impl Application {
     /// `local_addr` is known before serving starts.
     pub async fn build(config: &Config) -> Result<Self, AppError> {
         check_config(config)?;
+        let authenticator = Arc::new(match &config.auth_file {
+            Some(path) => Authenticator::from_file(path.clone())?,
+            None => Authenticator::open(),
+        });
+        let ip_hasher = ip_hasher(config)?;
+        let tls = tls_config(config)?;
         let options = DbOptions {
             url: config.database_url.clone(),
             max_connections: config.db_max_connections,
@@ -112,6 +174,9 @@ impl Application {
             writer_db,
             config: config.clone(),
             tokens,
+            authenticator,
+            ip_hasher,
+            tls,
         })
     }
 
@@ -149,6 +214,9 @@ impl Application {
             writer_db,
             config,
             tokens,
+            authenticator,
+            ip_hasher,
+            tls,
         } = self;
         let available = Arc::new(AtomicBool::new(true));
         let (writer, writer_task) = Writer::spawn(
@@ -200,6 +268,7 @@ impl Application {
                 Some(names) => Sanitizer::new(names.iter().map(String::as_str)),
                 None => Sanitizer::default(),
             },
+            ip_hasher: ip_hasher.clone(),
         });
         let lifecycle = Lifecycle::new(
             db.clone(),
@@ -212,7 +281,12 @@ impl Application {
         let admin = AdminApi::new(writer.clone(), lifecycle);
         let ingest = IngestApi::new(rules, writer, config.max_batch_size as usize);
         let (end_exports, ending) = Ending::new();
-        let logs = LogApi::new(db.clone(), tokens, ending);
+        let logs = LogApi::new(db.clone(), tokens, ip_hasher, ending);
+        let reloader = authenticator
+            .is_enforcing()
+            .then(|| tokio::spawn(reload_on_hangup(Arc::clone(&authenticator))));
+        // Health and reflection stay outside: probes and tools need no token.
+        let guard = AuthInterceptor::new(authenticator);
 
         // Fired when the shutdown begins: starts the grace period's clock.
         let (stopping, mut grace_clock) = Ending::new();
@@ -231,22 +305,36 @@ impl Application {
             tokio::time::sleep(grace - grace / 2).await;
         };
 
-        let server = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
+        if !config.request_timeout.is_zero() {
+            builder = builder.timeout(config.request_timeout);
+        }
+        let server = builder
             .layer(TraceLayer::new_for_grpc())
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)
-            .add_service(
+            .add_service(InterceptedService::new(
                 pb::ingest_service_server::IngestServiceServer::new(ingest)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(
+                guard.clone(),
+            ))
+            .add_service(InterceptedService::new(
                 pb::log_service_server::LogServiceServer::new(logs)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(pb::admin_service_server::AdminServiceServer::new(admin))
+                guard.clone(),
+            ))
+            .add_service(InterceptedService::new(
+                pb::admin_service_server::AdminServiceServer::new(admin)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                guard,
+            ))
             // Without TCP_NODELAY a small response can wait ~40 ms for a delayed ACK.
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -278,6 +366,9 @@ impl Application {
         monitor.abort();
         checkpointer.abort();
         search_indexer.abort();
+        if let Some(reloader) = reloader {
+            reloader.abort();
+        }
         drained?;
         writer_db.close().await.map_err(StoreError::from)?;
         db.close().await.map_err(StoreError::from)?;

@@ -23,6 +23,22 @@ pub struct Cli {
 pub enum Command {
     /// Runs the gRPC server.
     Serve(Box<Config>),
+    /// Reads a token from standard input and prints its `token_sha256` for the auth file.
+    HashToken,
+    /// Lists an account's logs as a table (or JSON lines).
+    Logs(Box<crate::cli::LogsArgs>),
+    /// Exports an account's logs (CSV, JSON, NDJSON) to a file or stdout.
+    Export(Box<crate::cli::ExportArgs>),
+    /// Deletes every row of an API key and marks it deleted (statistics stay).
+    Purge(crate::cli::PurgeArgs),
+    /// Runs the retention sweep now, for one account or all.
+    Sweep(crate::cli::SweepArgs),
+    /// Sets an account's plan and retention window (or previews it).
+    Plan(crate::cli::PlanArgs),
+    /// Prints an account's usage statistics.
+    Stats(Box<crate::cli::StatsArgs>),
+    /// Prints the ip_hash reqlog stores for an IP address (computed locally).
+    HashIp(crate::cli::HashIpArgs),
 }
 
 /// Log output format.
@@ -51,9 +67,35 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// TOML file of bearer-token principals (not supported yet: refused).
+    /// TOML file of bearer-token principals (`[[principal]]` name, token_sha256, role,
+    /// accounts); re-read on SIGHUP. Without it every call is allowed and only a loopback
+    /// `--listen` is accepted.
     #[arg(long, env = "REQLOG_AUTH_FILE")]
     pub auth_file: Option<PathBuf>,
+
+    /// PEM certificate chain for TLS; with `--tls-key`, the server speaks only TLS.
+    #[arg(long, env = "REQLOG_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "REQLOG_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): clients must present a certificate signed by one (mutual TLS).
+    #[arg(long, env = "REQLOG_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// File holding a secret key (at least 32 bytes, e.g. `openssl rand -hex 32`): `ip_hash`
+    /// becomes HMAC-SHA256 under it instead of plain SHA-256.
+    #[arg(long, env = "REQLOG_IP_HASH_KEY_FILE")]
+    pub ip_hash_key_file: Option<PathBuf>,
+
+    /// Longest a unary call (or the start of a stream) may take on the server before it is
+    /// answered CANCELLED, e.g. `30s`; a shorter `grpc-timeout` from the client wins. `0`
+    /// turns the server's own deadline off.
+    #[arg(long, env = "REQLOG_REQUEST_TIMEOUT", default_value = "60s",
+          value_parser = parse_duration)]
+    pub request_timeout: Duration,
 
     /// Leave migrations to an operator (`reqlog-migrate up`) instead of applying them at start.
     #[arg(long, env = "REQLOG_NO_MIGRATE")]
@@ -132,10 +174,15 @@ pub struct Config {
 impl Config {
     /// A configuration with every default, for tests and embedding.
     pub fn with_database_url(database_url: impl Into<String>) -> Self {
-        let mut config = Cli::parse_from(["reqlog", "serve"]);
-        let Command::Serve(serve) = &mut config.command;
-        serve.database_url = database_url.into();
-        *serve.clone()
+        /// `reqlog serve`'s flags alone, so the defaults come from one place: clap.
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            config: Config,
+        }
+        let mut config = Defaults::parse_from(["reqlog"]).config;
+        config.database_url = database_url.into();
+        config
     }
 }
 
@@ -146,6 +193,11 @@ impl fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("database_url", &redact_url(&self.database_url))
             .field("auth_file", &self.auth_file)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("tls_client_ca", &self.tls_client_ca)
+            .field("ip_hash_key_file", &self.ip_hash_key_file)
+            .field("request_timeout", &self.request_timeout)
             .field("no_migrate", &self.no_migrate)
             .field("max_batch_size", &self.max_batch_size)
             .field("max_group_rows", &self.max_group_rows)
@@ -232,7 +284,9 @@ mod tests {
         assert_eq!(config.db_statement_timeout, Duration::from_secs(30));
         let cli = Cli::try_parse_from(["reqlog", "serve", "--db-statement-timeout", "0"])
             .expect("0 is a valid timeout");
-        let Command::Serve(serve) = cli.command;
+        let Command::Serve(serve) = cli.command else {
+            panic!("serve was parsed");
+        };
         assert_eq!(serve.db_statement_timeout, Duration::ZERO);
         assert!(Cli::try_parse_from(["reqlog", "serve", "--db-statement-timeout", "30"]).is_err());
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::auth::AuthError;
 use crate::domain::Violation;
 use crate::store::StoreError;
 
@@ -25,6 +26,12 @@ pub enum Error {
     /// The server cannot take more work now; the caller should back off and retry.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// No token, or an unknown one.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A known caller outside its role or accounts.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A storage failure.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -40,6 +47,21 @@ fn exhausted(message: String, retry_after: Duration) -> Status {
         message,
         ErrorDetails::with_retry_info(Some(retry_after)),
     )
+}
+
+impl From<AuthError> for Error {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Unauthenticated(reason) => Self::Unauthenticated(reason.to_owned()),
+            AuthError::PermissionDenied(reason) => Self::PermissionDenied(reason),
+        }
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(error: AuthError) -> Self {
+        Error::from(error).into()
+    }
 }
 
 impl From<Violation> for Error {
@@ -66,6 +88,8 @@ impl From<Error> for Status {
                 "the server is busy writing, retry later".into(),
                 retry_after,
             ),
+            Error::Unauthenticated(_) => Status::unauthenticated(message),
+            Error::PermissionDenied(_) => Status::permission_denied(message),
             Error::Store(StoreError::Unavailable(reason)) => {
                 tracing::warn!(%reason, "database unavailable");
                 Status::unavailable("database unavailable, retry later")

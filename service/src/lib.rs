@@ -4,6 +4,8 @@
 //! `store` (SeaORM, the single writer); `app` wires them together.
 
 pub mod app;
+pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod error;

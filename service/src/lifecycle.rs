@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
 use tokio::sync::Mutex;
 
+use crate::domain::activity::{ActivityAction, BACKGROUND};
 use crate::domain::lifecycle::{Plan, Retention};
 use crate::domain::time::now_micros;
 use crate::store::StoreError;
+use crate::store::activity::{self, NewActivity};
 use crate::store::admin::{self, AgeCount, SWEEP_LOCK_ID};
 use crate::store::writer::Writer;
 
@@ -66,6 +68,11 @@ impl Lifecycle {
             batch_rows: batch_rows.max(1),
             sweeping: Arc::new(Mutex::new(())),
         }
+    }
+
+    /// The database the lifecycle reads from.
+    pub fn database(&self) -> &DatabaseConnection {
+        &self.db
     }
 
     /// The plan of accounts never set.
@@ -202,6 +209,54 @@ impl Lifecycle {
         })
     }
 
+    /// Appends to the activity record, through the writer like every other write.
+    pub async fn record_activity(&self, entries: Vec<NewActivity>) -> Result<(), StoreError> {
+        self.writer
+            .run(move |db| async move { activity::record(&db, entries).await })
+            .await
+    }
+
+    /// Records a sweep by `principal`: an entry per account it deleted from, or one entry
+    /// (for `only`, or every account) with no rows when it deleted nothing, so that every
+    /// sweep leaves a trace.
+    pub async fn record_sweep(
+        &self,
+        principal: &str,
+        only: Option<&str>,
+        report: &[AccountSweep],
+    ) -> Result<(), StoreError> {
+        let trigger = if principal == BACKGROUND {
+            "trigger=background"
+        } else {
+            "trigger=manual"
+        };
+        let at = now_micros();
+        let entry = |account_id: &str, rows_affected: u64, detail: String| NewActivity {
+            at,
+            principal: principal.to_owned(),
+            action: ActivityAction::RetentionSweep.as_str(),
+            account_id: account_id.to_owned(),
+            api_key_id: String::new(),
+            rows_affected,
+            detail,
+        };
+        let entries = if report.is_empty() {
+            vec![entry(only.unwrap_or_default(), 0, trigger.to_owned())]
+        } else {
+            report
+                .iter()
+                .map(|swept| {
+                    entry(
+                        &swept.account_id,
+                        swept.deleted,
+                        format!("{trigger} retention_days={}", swept.retention_days),
+                    )
+                })
+                .collect()
+        };
+        self.record_activity(entries).await
+    }
+
     /// Sweeps every `interval` until the task is dropped.
     pub async fn run_periodic(self, interval: Duration) {
         let mut ticker = tokio::time::interval(interval);
@@ -209,8 +264,15 @@ impl Lifecycle {
         ticker.tick().await; // the first tick is immediate: sweep one interval after start
         loop {
             ticker.tick().await;
-            if let Err(error) = self.sweep(None).await {
-                tracing::warn!(%error, "retention sweep failed; retrying next interval");
+            match self.sweep(None).await {
+                Ok(report) => {
+                    if let Err(error) = self.record_sweep(BACKGROUND, None, &report).await {
+                        tracing::error!(%error, "recording the background sweep failed");
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "retention sweep failed; retrying next interval");
+                }
             }
         }
     }

@@ -1,10 +1,12 @@
 //! The `reqlog` binary.
 
+use std::io::Read;
 use std::process::ExitCode;
 
 use clap::Parser;
+use reqlog_service::auth::file::token_sha256;
 use reqlog_service::config::{Cli, Command};
-use reqlog_service::{Application, telemetry};
+use reqlog_service::{Application, cli, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -29,7 +31,30 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::HashToken => hash_token(),
+        // Every other subcommand is an operator command over the SDK.
+        command => cli::run(command).await,
     }
+}
+
+/// `reqlog hash-token`: the token comes on stdin (never as an argument, which `ps` and
+/// shell history would show); one trailing newline is dropped so `echo $TOKEN |` works.
+fn hash_token() -> ExitCode {
+    let mut token = String::new();
+    if let Err(error) = std::io::stdin().read_to_string(&mut token) {
+        eprintln!("reqlog: cannot read the token from stdin: {error}");
+        return ExitCode::FAILURE;
+    }
+    let token = token
+        .strip_suffix('\n')
+        .map(|rest| rest.strip_suffix('\r').unwrap_or(rest))
+        .unwrap_or(&token);
+    if token.is_empty() {
+        eprintln!("reqlog: no token on stdin");
+        return ExitCode::FAILURE;
+    }
+    println!("{}", token_sha256(token));
+    ExitCode::SUCCESS
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -4,6 +4,7 @@
 //! (e.g. `postgres://postgres@127.0.0.1:5432/postgres`) the same tests also run on
 //! PostgreSQL, each in a database of its own. `TEST_LOG=1` turns server tracing on.
 
+pub mod auth;
 pub mod load;
 pub mod process;
 
@@ -214,6 +215,13 @@ impl TestServer {
             shutdown,
             handle,
         }
+    }
+
+    /// A channel to the server (connects on first use), for the generated clients.
+    pub fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("a socket address is a valid URI")
+            .connect_lazy()
     }
 
     /// Stops the server, asserts it exited cleanly, and returns its database.

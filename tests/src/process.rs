@@ -128,23 +128,40 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     child: Option<Child>,
     lines: Arc<Mutex<Vec<LogLine>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl ServerProcess {
     /// Starts `reqlog serve ARGS` with JSON logs on stderr and waits (up to `timeout`) for
     /// its `listening` line, which carries the port it bound (pass `--listen 127.0.0.1:0`).
     pub fn start(name: &str, args: &[&str], timeout: Duration) -> Self {
+        Self::start_logging(name, args, "info,sqlx=warn,sea_orm=warn", timeout)
+    }
+
+    /// As `start`, with `RUST_LOG` set to `rust_log` (e.g. `trace`); stdout is captured too.
+    pub fn start_logging(name: &str, args: &[&str], rust_log: &str, timeout: Duration) -> Self {
         let binary = reqlog_binary();
         let mut child = Command::new(&binary)
             .arg("serve")
             .args(["--log-format", "json"])
             .args(args)
-            .env("RUST_LOG", "info,sqlx=warn,sea_orm=warn")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("the reqlog binary should start");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let out_pipe = child.stdout.take().expect("stdout is piped");
+        let out_sink = Arc::clone(&stdout);
+        std::thread::spawn(move || {
+            for text in BufReader::new(out_pipe).lines().map_while(Result::ok) {
+                out_sink
+                    .lock()
+                    .expect("the stdout sink is never poisoned")
+                    .push(text);
+            }
+        });
         let stderr = child.stderr.take().expect("stderr is piped");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&lines);
@@ -166,6 +183,7 @@ impl ServerProcess {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             child: Some(child),
             lines,
+            stdout,
         };
         let deadline = Instant::now() + timeout;
         loop {
@@ -221,6 +239,46 @@ impl ServerProcess {
             .map(|line| line.text)
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// Everything printed on stdout so far.
+    pub fn stdout_text(&self) -> String {
+        self.stdout
+            .lock()
+            .expect("the stdout sink is never poisoned")
+            .join("\n")
+    }
+
+    /// Sends SIGHUP (the server re-reads its auth file).
+    pub fn hangup(&self) {
+        let Some(child) = &self.child else {
+            return;
+        };
+        // `kill(1)` rather than libc: the workspace forbids unsafe code.
+        let status = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .expect("kill should run");
+        assert!(status.success(), "SIGHUP should be delivered");
+    }
+
+    /// Waits up to `timeout` until `count` lines with message `message` have been printed,
+    /// and returns them; panics with the log otherwise.
+    pub fn wait_for_events(&self, message: &str, count: usize, timeout: Duration) -> Vec<LogLine> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let events = self.events(message);
+            if events.len() >= count {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not log {count} `{message}` within {timeout:?}:\n{}",
+                self.name,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn try_exit_status(&mut self) -> Option<std::process::ExitStatus> {

@@ -1226,6 +1226,13 @@ mod sdk {
         ) -> Result<Response<pb::GetUsageStatsResponse>, Status> {
             Err(Status::unimplemented("fake"))
         }
+
+        async fn hash_ip(
+            &self,
+            _: Request<pb::HashIpRequest>,
+        ) -> Result<Response<pb::HashIpResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
     }
 
     async fn export_from(

@@ -18,6 +18,7 @@ backend_tests!(
     an_oversized_batch_is_refused,
     concurrent_callers_share_commits,
     usage_statistics_are_kept_with_the_rows,
+    ingest_waits_for_another_writer_instead_of_failing,
 );
 
 fn sha256_hex(text: &str) -> String {
@@ -712,5 +713,34 @@ async fn usage_statistics_are_kept_with_the_rows(backend: Backend) {
             (3600, 404, 1, 1, 5, 5)
         ]
     );
+    server.shutdown().await;
+}
+
+/// Another connection holding the write lock for a moment (a migration, an operator's
+/// transaction, another replica) delays ingest; it does not fail it.
+async fn ingest_waits_for_another_writer_instead_of_failing(backend: Backend) {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let holder = server.db.begin().await.expect("begin");
+    let lock = match backend {
+        Backend::Sqlite => "UPDATE settings SET value = value",
+        Backend::Postgres => "LOCK TABLE log_entries IN SHARE ROW EXCLUSIVE MODE",
+    };
+    holder
+        .execute_unprepared(lock)
+        .await
+        .expect("take the write lock");
+    let client = server.client.clone();
+    let pending = tokio::spawn(async move { client.record(record("acct_wait", 1)).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    holder.commit().await.expect("release");
+    let outcome = pending
+        .await
+        .expect("join")
+        .expect("the record waits, then is stored");
+    assert!(!outcome.duplicate);
+    assert_eq!(all_rows(&server, "acct_wait").await.len(), 1);
     server.shutdown().await;
 }

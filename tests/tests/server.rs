@@ -203,16 +203,19 @@ async fn reflection_lists_every_service(backend: Backend) {
 }
 
 #[tokio::test]
-async fn an_auth_file_is_refused_until_access_control_lands() {
+async fn a_missing_auth_file_stops_the_start() {
     let test_db = TestDb::create(Backend::Sqlite)
         .await
         .expect("sqlite always works");
     let mut config = test_config(&test_db.url);
-    config.auth_file = Some("auth.toml".into());
+    config.auth_file = Some("no-such-dir/auth.toml".into());
     let error = Application::build(&config)
         .await
         .expect_err("must not start");
-    assert!(error.to_string().contains("--auth-file"), "{error}");
+    assert!(
+        error.to_string().contains("no-such-dir/auth.toml"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

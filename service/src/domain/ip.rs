@@ -1,7 +1,10 @@
-//! Client IPs become a SHA-256 of their canonical text; the raw text is never kept.
+//! Client IPs become a SHA-256 (or, with a key, an HMAC-SHA256) of their canonical text;
+//! the raw text is never kept.
 
+use std::fmt;
 use std::net::IpAddr;
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 /// Why an IP was refused. Deliberately carries no copy of the input.
@@ -27,6 +30,64 @@ pub fn hash_ip(raw: &str) -> Result<String, NotAnIp> {
         return Ok(String::new());
     }
     Ok(sha256_hex(canonical_ip(raw)?.as_bytes()))
+}
+
+/// The shortest `--ip-hash-key-file` key accepted, in bytes: HMAC-SHA256's own block of
+/// security, so the key cannot be guessed faster than the addresses it protects.
+pub const MIN_IP_HASH_KEY_BYTES: usize = 32;
+
+/// How `ip_hash` is computed: plain SHA-256 (the default, which anyone can recompute and
+/// so reverse for IPv4 by trying all 2^32 addresses), or HMAC-SHA256 under a server key.
+#[derive(Clone, Default)]
+pub enum IpHasher {
+    /// `sha256(canonical ip)`.
+    #[default]
+    Plain,
+    /// `hmac_sha256(key, canonical ip)`.
+    Keyed(Vec<u8>),
+}
+
+// By hand: the key must never reach a log line.
+impl fmt::Debug for IpHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Plain => f.write_str("IpHasher::Plain"),
+            Self::Keyed(_) => f.write_str("IpHasher::Keyed(***)"),
+        }
+    }
+}
+
+/// Why a key was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyTooShort;
+
+impl IpHasher {
+    /// A keyed hasher; the key is the file's bytes with surrounding white space trimmed
+    /// (so `openssl rand -hex 32 > key` works), at least [`MIN_IP_HASH_KEY_BYTES`] long.
+    pub fn keyed(key: &[u8]) -> Result<Self, KeyTooShort> {
+        let key = key.trim_ascii();
+        if key.len() < MIN_IP_HASH_KEY_BYTES {
+            return Err(KeyTooShort);
+        }
+        Ok(Self::Keyed(key.to_vec()))
+    }
+
+    /// `ip_hash` as stored: lower-case hex of the digest; empty input gives "".
+    pub fn hash(&self, raw: &str) -> Result<String, NotAnIp> {
+        if raw.is_empty() {
+            return Ok(String::new());
+        }
+        let canonical = canonical_ip(raw)?;
+        Ok(match self {
+            Self::Plain => sha256_hex(canonical.as_bytes()),
+            Self::Keyed(key) => {
+                let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+                    .expect("HMAC accepts keys of any length");
+                mac.update(canonical.as_bytes());
+                to_hex(&mac.finalize().into_bytes())
+            }
+        })
+    }
 }
 
 /// Lower-case hex SHA-256 of `bytes`.
@@ -77,6 +138,33 @@ mod tests {
             hash_ip("::ffff:203.0.113.10").unwrap(),
             hash_ip("203.0.113.10").unwrap()
         );
+    }
+
+    #[test]
+    fn keyed_hashes_are_hmac_of_the_canonical_text_and_differ_from_plain() {
+        let key = [7u8; 32];
+        let keyed = IpHasher::keyed(&key).unwrap();
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).unwrap();
+        mac.update(b"2001:db8::1");
+        let expected = to_hex(&mac.finalize().into_bytes());
+        assert_eq!(keyed.hash("2001:DB8:0::1").unwrap(), expected);
+        assert_ne!(
+            keyed.hash("203.0.113.10").unwrap(),
+            IpHasher::Plain.hash("203.0.113.10").unwrap()
+        );
+        assert_eq!(
+            IpHasher::Plain.hash("203.0.113.10").unwrap(),
+            hash_ip("203.0.113.10").unwrap()
+        );
+        assert_eq!(keyed.hash("").unwrap(), "");
+        assert_eq!(keyed.hash("nope"), Err(NotAnIp));
+    }
+
+    #[test]
+    fn short_keys_are_refused_and_keys_never_print() {
+        assert_eq!(IpHasher::keyed(b"short\n").unwrap_err(), KeyTooShort);
+        let hasher = IpHasher::keyed(&[b'k'; 40]).unwrap();
+        assert!(!format!("{hasher:?}").contains("kkkk"));
     }
 
     #[test]

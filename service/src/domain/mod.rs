@@ -1,5 +1,6 @@
 //! Validated domain types and the rules that make them: no tonic, no SeaORM.
 
+pub mod activity;
 pub mod export;
 pub mod filter;
 pub mod ip;

@@ -1,7 +1,7 @@
 //! A gateway's record, validated and normalised into the row that is stored.
 
 use super::Violation;
-use super::ip::hash_ip;
+use super::ip::IpHasher;
 use super::query::Sanitizer;
 use super::time::{MICROS_PER_SECOND, micros_from_parts};
 
@@ -83,6 +83,8 @@ pub struct NewLogEntry {
 pub struct RecordRules {
     /// Which query parameters are redacted.
     pub sanitizer: Sanitizer,
+    /// How client IPs are hashed.
+    pub ip_hasher: IpHasher,
 }
 
 /// An account id: 1-64 characters of `[A-Za-z0-9._:-]`.
@@ -202,7 +204,9 @@ impl RecordRules {
         }
         validate_text("error_code", input.error_code, 64, false)?;
         // The reason never repeats the address: raw IPs reach no log line or error message.
-        let ip_hash = hash_ip(input.client_ip)
+        let ip_hash = self
+            .ip_hasher
+            .hash(input.client_ip)
             .map_err(|_| Violation::new("client_ip", "is not an IPv4 or IPv6 address"))?;
         reject_control_chars("user_agent", input.user_agent)?;
 

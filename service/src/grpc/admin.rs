@@ -5,12 +5,17 @@ use reqlog_client::pb::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use crate::auth::{self, Action};
 use crate::domain::Violation;
+use crate::domain::activity::{
+    ActivityAction, activity_page_size, open_activity_token, seal_activity_token,
+};
 use crate::domain::lifecycle::Retention;
 use crate::domain::record::{validate_account_id, validate_text};
 use crate::domain::time::now_micros;
 use crate::error::Error;
 use crate::lifecycle::Lifecycle;
+use crate::store::activity::{self, NewActivity};
 use crate::store::admin::{self, UpsertRefused};
 use crate::store::entity::api_key;
 use crate::store::writer::Writer;
@@ -33,6 +38,26 @@ fn invalid(violation: Violation) -> Status {
     Error::from(violation).into()
 }
 
+/// An activity entry for an action `principal` just finished.
+fn activity_entry(
+    principal: &str,
+    action: ActivityAction,
+    account_id: &str,
+    api_key_id: &str,
+    rows_affected: u64,
+    detail: String,
+) -> NewActivity {
+    NewActivity {
+        at: now_micros(),
+        principal: principal.to_owned(),
+        action: action.as_str(),
+        account_id: account_id.to_owned(),
+        api_key_id: api_key_id.to_owned(),
+        rows_affected,
+        detail,
+    }
+}
+
 fn key_ids(account_id: &str, api_key_id: &str) -> Result<(), Status> {
     validate_account_id("account_id", account_id).map_err(invalid)?;
     validate_text("api_key_id", api_key_id, 128, true).map_err(invalid)
@@ -45,6 +70,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::PurgeForKeyRequest>,
     ) -> Result<Response<pb::PurgeForKeyResponse>, Status> {
+        let principal = auth::authorize(&request, Action::Admin, &request.get_ref().account_id)?;
         let request = request.into_inner();
         key_ids(&request.account_id, &request.api_key_id)?;
         let deleted = self
@@ -53,6 +79,19 @@ impl AdminService for AdminApi {
             .await
             .map_err(Error::from)?;
         tracing::info!(deleted, "purged key");
+        // The action is done; a failure to record it is still the call's failure, so that
+        // no purge goes unrecorded without the caller knowing (a retry purges 0 and records).
+        self.lifecycle
+            .record_activity(vec![activity_entry(
+                &principal.name,
+                ActivityAction::PurgeForKey,
+                &request.account_id,
+                &request.api_key_id,
+                deleted,
+                String::new(),
+            )])
+            .await
+            .map_err(Error::from)?;
         Ok(Response::new(pb::PurgeForKeyResponse {
             deleted_count: i64::try_from(deleted).unwrap_or(i64::MAX),
         }))
@@ -63,6 +102,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::UpsertApiKeyRequest>,
     ) -> Result<Response<pb::UpsertApiKeyResponse>, Status> {
+        let principal = auth::authorize(&request, Action::Admin, &request.get_ref().account_id)?;
         let request = request.into_inner();
         key_ids(&request.account_id, &request.api_key_id)?;
         validate_text("name", &request.name, 128, false).map_err(invalid)?;
@@ -89,6 +129,17 @@ impl AdminService for AdminApi {
             .map_err(|UpsertRefused::Purged| {
                 Error::FailedPrecondition("the api key was purged; it stays deleted".into())
             })?;
+        self.lifecycle
+            .record_activity(vec![activity_entry(
+                &principal.name,
+                ActivityAction::UpsertApiKey,
+                &stored.account_id,
+                &stored.api_key_id,
+                0,
+                format!("status={}", status.as_str()),
+            )])
+            .await
+            .map_err(Error::from)?;
         Ok(Response::new(pb::UpsertApiKeyResponse {
             api_key: Some(convert::api_key(stored, now)),
         }))
@@ -99,6 +150,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SetAccountPlanRequest>,
     ) -> Result<Response<pb::SetAccountPlanResponse>, Status> {
+        let principal = auth::authorize(&request, Action::Admin, &request.get_ref().account_id)?;
         let request = request.into_inner();
         validate_account_id("account_id", &request.account_id).map_err(invalid)?;
         let plan = convert::plan(request.plan).map_err(invalid)?;
@@ -113,6 +165,17 @@ impl AdminService for AdminApi {
             days = retention.days(),
             "account plan set"
         );
+        self.lifecycle
+            .record_activity(vec![activity_entry(
+                &principal.name,
+                ActivityAction::SetAccountPlan,
+                &request.account_id,
+                "",
+                0,
+                format!("plan={} retention_days={}", plan.as_str(), retention.days()),
+            )])
+            .await
+            .map_err(Error::from)?;
         Ok(Response::new(pb::SetAccountPlanResponse {
             account_plan: Some(convert::account_plan(&request.account_id, retention)),
         }))
@@ -123,13 +186,16 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::RunRetentionSweepRequest>,
     ) -> Result<Response<pb::RunRetentionSweepResponse>, Status> {
+        // An empty account sweeps every account: only a principal of every account may.
+        let principal = auth::authorize(&request, Action::Admin, &request.get_ref().account_id)?;
         let account = request.into_inner().account_id;
         if !account.is_empty() {
             validate_account_id("account_id", &account).map_err(invalid)?;
         }
-        let report = self
-            .lifecycle
-            .sweep((!account.is_empty()).then_some(account.as_str()))
+        let only = (!account.is_empty()).then_some(account.as_str());
+        let report = self.lifecycle.sweep(only).await.map_err(Error::from)?;
+        self.lifecycle
+            .record_sweep(&principal.name, only, &report)
             .await
             .map_err(Error::from)?;
         let accounts: Vec<pb::AccountSweepResult> = report
@@ -152,6 +218,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::PreviewRetentionRequest>,
     ) -> Result<Response<pb::PreviewRetentionResponse>, Status> {
+        auth::authorize(&request, Action::Admin, &request.get_ref().account_id)?;
         let request = request.into_inner();
         validate_account_id("account_id", &request.account_id).map_err(invalid)?;
         let plan = convert::plan(request.plan).map_err(invalid)?;
@@ -168,6 +235,45 @@ impl AdminService for AdminApi {
             oldest_timestamp: preview.rows.oldest.map(convert::timestamp),
             newest_timestamp: preview.rows.newest.map(convert::timestamp),
             current_retention_days: preview.current_retention_days,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id))]
+    async fn list_activity(
+        &self,
+        request: Request<pb::ListActivityRequest>,
+    ) -> Result<Response<pb::ListActivityResponse>, Status> {
+        auth::authorize(&request, Action::Admin, &request.get_ref().account_id)?;
+        let request = request.into_inner();
+        let account = request.account_id.as_str();
+        if !account.is_empty() {
+            validate_account_id("account_id", account).map_err(invalid)?;
+        }
+        let page_size = activity_page_size(request.page_size).map_err(invalid)?;
+        let before = match request.page_token.as_str() {
+            "" => None,
+            token => Some(open_activity_token(token, account).map_err(invalid)?),
+        };
+        // One more than the page tells whether another page follows.
+        let mut rows = activity::list(
+            self.lifecycle.database(),
+            (!account.is_empty()).then_some(account),
+            before,
+            page_size + 1,
+        )
+        .await
+        .map_err(Error::from)?;
+        let next_page_token = if rows.len() as u64 > page_size {
+            rows.truncate(page_size as usize);
+            rows.last()
+                .map(|last| seal_activity_token(account, last.id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListActivityResponse {
+            entries: rows.into_iter().map(convert::activity_entry).collect(),
+            next_page_token,
         }))
     }
 }

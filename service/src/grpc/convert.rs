@@ -209,3 +209,25 @@ pub fn optional_micros(
         })
         .transpose()
 }
+
+/// An activity-record row as the proto's entry.
+pub fn activity_entry(row: crate::store::activity::entry::Model) -> pb::ActivityEntry {
+    use crate::domain::activity::ActivityAction;
+    let action = match ActivityAction::parse(&row.action) {
+        Some(ActivityAction::PurgeForKey) => pb::ActivityAction::PurgeForKey,
+        Some(ActivityAction::UpsertApiKey) => pb::ActivityAction::UpsertApiKey,
+        Some(ActivityAction::SetAccountPlan) => pb::ActivityAction::SetAccountPlan,
+        Some(ActivityAction::RetentionSweep) => pb::ActivityAction::RetentionSweep,
+        None => pb::ActivityAction::Unspecified,
+    };
+    pb::ActivityEntry {
+        id: row.id.to_string(),
+        time: Some(timestamp(row.at)),
+        principal: row.principal,
+        action: action as i32,
+        account_id: row.account_id,
+        api_key_id: row.api_key_id,
+        rows_affected: row.rows_affected,
+        detail: row.detail,
+    }
+}

@@ -7,6 +7,7 @@ use reqlog_client::pb::ingest_service_server::IngestService;
 use tonic::{Request, Response, Status};
 
 use super::convert::record_input;
+use crate::auth::{self, Action};
 use crate::domain::Violation;
 use crate::domain::record::RecordRules;
 use crate::domain::time::now_micros;
@@ -41,6 +42,14 @@ impl IngestService for IngestApi {
         &self,
         request: Request<pb::RecordRequestRequest>,
     ) -> Result<Response<pb::RecordRequestResponse>, Status> {
+        // An empty account is not a scope: validation refuses it below.
+        let account = request
+            .get_ref()
+            .record
+            .as_ref()
+            .map(|r| r.account_id.as_str());
+        auth::principal(&request)?
+            .authorize_all(Action::Ingest, account.filter(|a| !a.is_empty()))?;
         let record = request
             .get_ref()
             .record
@@ -71,6 +80,15 @@ impl IngestService for IngestApi {
         request: Request<pb::RecordRequestsRequest>,
     ) -> Result<Response<pb::RecordRequestsResponse>, Status> {
         let records = &request.get_ref().records;
+        // One record outside the caller's accounts refuses the whole call: a batch is one
+        // caller's, and a partial answer would tell which accounts exist.
+        auth::principal(&request)?.authorize_all(
+            Action::Ingest,
+            records
+                .iter()
+                .map(|record| record.account_id.as_str())
+                .filter(|account| !account.is_empty()),
+        )?;
         if records.len() > self.max_batch_size {
             let reason = format!("must hold at most {} records", self.max_batch_size);
             return Err(Error::from(Violation::new("records", reason)).into());

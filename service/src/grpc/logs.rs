@@ -10,7 +10,10 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::export::{self, ExportLimit};
+use crate::auth::{self, Action};
+use crate::domain::Violation;
 use crate::domain::filter::{LogQuery, effective_page_size};
+use crate::domain::ip::IpHasher;
 use crate::domain::page_token::PageTokenKey;
 use crate::domain::time::now_micros;
 use crate::error::Error;
@@ -23,18 +26,26 @@ pub struct LogApi {
     db: DatabaseConnection,
     tokens: PageTokenKey,
     exports: ExportLimit,
+    ip_hasher: IpHasher,
     ending: Ending,
 }
 
 impl LogApi {
-    /// A log service reading from `db`, sealing page tokens with `tokens`; running exports
-    /// end (UNAVAILABLE) when `ending` fires.
-    pub fn new(db: DatabaseConnection, tokens: PageTokenKey, ending: Ending) -> Self {
+    /// A log service reading from `db`, sealing page tokens with `tokens`; HashIp answers
+    /// with `ip_hasher`, the one ingest stores with; running exports end (UNAVAILABLE) when
+    /// `ending` fires.
+    pub fn new(
+        db: DatabaseConnection,
+        tokens: PageTokenKey,
+        ip_hasher: IpHasher,
+        ending: Ending,
+    ) -> Self {
         let exports = ExportLimit::for_pool(&db);
         Self {
             db,
             tokens,
             exports,
+            ip_hasher,
             ending,
         }
     }
@@ -52,6 +63,7 @@ impl LogService for LogApi {
         &self,
         request: Request<pb::ListLogsRequest>,
     ) -> Result<Response<pb::ListLogsResponse>, Status> {
+        auth::authorize(&request, Action::Read, &request.get_ref().account_id)?;
         let request = request.into_inner();
         let query = LogQuery::new(
             &request.account_id,
@@ -104,6 +116,7 @@ impl LogService for LogApi {
         &self,
         request: Request<pb::ExportLogsRequest>,
     ) -> Result<Response<Self::ExportLogsStream>, Status> {
+        auth::authorize(&request, Action::Read, &request.get_ref().account_id)?;
         export::export_logs(
             &self.db,
             &self.exports,
@@ -118,6 +131,27 @@ impl LogService for LogApi {
         &self,
         request: Request<pb::GetUsageStatsRequest>,
     ) -> Result<Response<pb::GetUsageStatsResponse>, Status> {
+        auth::authorize(&request, Action::Read, &request.get_ref().account_id)?;
         super::stats::get_usage_stats(&self.db, request.into_inner()).await
+    }
+
+    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id))]
+    async fn hash_ip(
+        &self,
+        request: Request<pb::HashIpRequest>,
+    ) -> Result<Response<pb::HashIpResponse>, Status> {
+        auth::authorize(&request, Action::Read, &request.get_ref().account_id)?;
+        let request = request.into_inner();
+        crate::domain::record::validate_account_id("account_id", &request.account_id)
+            .map_err(Error::from)?;
+        if request.ip.is_empty() {
+            return Err(Error::from(Violation::new("ip", "is required")).into());
+        }
+        // As for `client_ip`: the reason never repeats the address.
+        let ip_hash = self
+            .ip_hasher
+            .hash(&request.ip)
+            .map_err(|_| Error::from(Violation::new("ip", "is not an IPv4 or IPv6 address")))?;
+        Ok(Response::new(pb::HashIpResponse { ip_hash }))
     }
 }

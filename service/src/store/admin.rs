@@ -213,7 +213,7 @@ pub async fn upsert_key(
     db: &impl TransactionTrait,
     key: api_key::Model,
 ) -> Result<Result<api_key::Model, UpsertRefused>, StoreError> {
-    let txn = db.begin().await?;
+    let txn = super::begin_write(db).await?;
     let existing = api_key::Entity::find_by_id((key.account_id.clone(), key.api_key_id.clone()))
         .one(&txn)
         .await?;

@@ -1,5 +1,6 @@
 //! Storage: SeaORM entities, the single writer and the queries. The only place `DbErr` is seen.
 
+pub mod activity;
 pub mod admin;
 pub mod entity;
 pub mod export;
@@ -15,7 +16,8 @@ use reqlog_migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::Error as SqlxError;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, RuntimeErr, TransactionTrait,
 };
 
 /// A storage failure.
@@ -156,6 +158,22 @@ pub async fn checkpoint_forever(db: DatabaseConnection, interval: Duration) {
             tracing::warn!(%error, "wal checkpoint failed");
         }
     }
+}
+
+/// Begins a transaction that will write. On SQLite it takes the write lock with its first
+/// statement: a deferred transaction that reads before it writes cannot wait for another
+/// writer's lock when it upgrades (SQLite answers BUSY at once, whatever the busy timeout),
+/// so it would fail while, say, an operator's transaction holds the lock; a first statement
+/// that writes waits out the busy timeout instead.
+pub async fn begin_write(db: &impl TransactionTrait) -> Result<DatabaseTransaction, StoreError> {
+    let txn = db.begin().await?;
+    if txn.get_database_backend() == DbBackend::Sqlite {
+        txn.execute_unprepared(
+            "UPDATE log_id_sequence SET last_id = last_id WHERE name = 'log_entries'",
+        )
+        .await?;
+    }
+    Ok(txn)
 }
 
 /// Applies every pending migration.

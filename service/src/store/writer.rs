@@ -16,7 +16,6 @@ use futures_util::future::BoxFuture;
 use sea_orm::sea_query::{Condition, Expr, OnConflict, Query};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
-    TransactionTrait,
 };
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -328,7 +327,7 @@ async fn commit_group(
     db: &DatabaseConnection,
     entries: &[&NewLogEntry],
 ) -> Result<Vec<IngestOutcome>, StoreError> {
-    let txn = db.begin().await?;
+    let txn = super::begin_write(db).await?;
     let backend = txn.get_database_backend();
 
     // Ordered against a purge's mark on every replica (PostgreSQL; a no-op on SQLite).
