@@ -4,6 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use reqlog_client::{MAX_MESSAGE_BYTES, pb};
 use sea_orm::DatabaseConnection;
@@ -26,6 +27,7 @@ use crate::grpc::ingest::IngestApi;
 use crate::grpc::logs::LogApi;
 use crate::health::{DbMonitor, set_all};
 use crate::lifecycle::Lifecycle;
+use crate::shutdown::Ending;
 use crate::store::writer::{Writer, WriterConfig, WriterStats};
 use crate::store::{self, DbOptions, StoreError};
 
@@ -47,6 +49,9 @@ pub enum AppError {
     /// Reflection could not be set up.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// Calls were still running when the shutdown grace period ran out; they were abandoned.
+    #[error("calls still running after the {0:?} shutdown grace period were abandoned")]
+    GraceExpired(Duration),
     /// The auth file could not be read or is not valid.
     #[error(transparent)]
     Auth(#[from] AuthFileError),
@@ -185,8 +190,11 @@ impl Application {
         self.db.clone()
     }
 
-    /// Serves until `shutdown` resolves, then reports NOT_SERVING, drains in-flight calls,
-    /// lets the writer commit and answer everything it accepted, and closes the database.
+    /// Serves until `shutdown` resolves, then reports NOT_SERVING, takes no new calls,
+    /// drains in-flight calls, lets the writer commit and answer everything it accepted,
+    /// and closes the database. Exports still running halfway through `--shutdown-grace`
+    /// end with UNAVAILABLE; anything still running when it is over is abandoned
+    /// ([`AppError::GraceExpired`]).
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -215,7 +223,9 @@ impl Application {
             writer_db.clone(),
             WriterConfig {
                 max_group_rows: config.max_group_rows as usize,
-                queue_jobs: 4_096,
+                queue_records: config.ingest_queue_records as usize,
+                enqueue_wait: config.ingest_queue_wait,
+                ..WriterConfig::default()
             },
             Arc::clone(&available),
         );
@@ -270,18 +280,29 @@ impl Application {
             .then(|| tokio::spawn(lifecycle.clone().run_periodic(config.sweep_interval)));
         let admin = AdminApi::new(writer.clone(), lifecycle);
         let ingest = IngestApi::new(rules, writer, config.max_batch_size as usize);
-        let logs = LogApi::new(db.clone(), tokens, ip_hasher);
+        let (end_exports, ending) = Ending::new();
+        let logs = LogApi::new(db.clone(), tokens, ip_hasher, ending);
         let reloader = authenticator
             .is_enforcing()
             .then(|| tokio::spawn(reload_on_hangup(Arc::clone(&authenticator))));
         // Health and reflection stay outside: probes and tools need no token.
         let guard = AuthInterceptor::new(authenticator);
 
+        // Fired when the shutdown begins: starts the grace period's clock.
+        let (stopping, mut grace_clock) = Ending::new();
         let shutdown_reporter = reporter.clone();
+        let grace = config.shutdown_grace;
         let shutdown = async move {
             shutdown.await;
-            tracing::info!("shutting down: not serving, draining calls");
+            tracing::info!(?grace, "shutting down: not serving, draining calls");
+            stopping.fire();
             set_all(&shutdown_reporter, ServingStatus::NotServing).await;
+        };
+        let grace_over = async move {
+            grace_clock.fired().await;
+            tokio::time::sleep(grace / 2).await;
+            end_exports.fire();
+            tokio::time::sleep(grace - grace / 2).await;
         };
 
         let mut builder = Server::builder();
@@ -291,7 +312,7 @@ impl Application {
         if !config.request_timeout.is_zero() {
             builder = builder.timeout(config.request_timeout);
         }
-        builder
+        let server = builder
             .layer(TraceLayer::new_for_grpc())
             .add_service(health_service)
             .add_service(reflection)
@@ -318,24 +339,37 @@ impl Application {
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown,
-            )
-            .await?;
-
-        // The services (and with them every writer handle) are dropped: the writer drains
-        // its queue, answers, and ends. The sweeper holds a handle too: stop it first.
-        if let Some(sweeper) = sweeper {
-            sweeper.abort();
-            let _ = sweeper.await;
-        }
-        if let Err(error) = writer_task.await {
-            tracing::error!(%error, "writer task failed");
-        }
+            );
+        let drain = async move {
+            server.await?;
+            // The services (and with them every writer handle) are dropped: the writer
+            // drains its queue, answers, and ends. The sweeper holds a handle too: stop it
+            // first.
+            if let Some(sweeper) = sweeper {
+                sweeper.abort();
+                let _ = sweeper.await;
+            }
+            if let Err(error) = writer_task.await {
+                tracing::error!(%error, "writer task failed");
+            }
+            Ok::<_, AppError>(())
+        };
+        let drained = tokio::select! {
+            result = drain => result,
+            () = grace_over => {
+                // Dropping the drain drops the writer's handle, not its task: it dies with
+                // the process, mid-transaction at worst, which the database rolls back.
+                tracing::error!(?grace, "shutdown grace period over: abandoning running calls");
+                Err(AppError::GraceExpired(grace))
+            }
+        };
         monitor.abort();
         checkpointer.abort();
         search_indexer.abort();
         if let Some(reloader) = reloader {
             reloader.abort();
         }
+        drained?;
         writer_db.close().await.map_err(StoreError::from)?;
         db.close().await.map_err(StoreError::from)?;
         tracing::info!("stopped");

@@ -111,6 +111,25 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_group_rows: u32,
 
+    /// Records that may wait for the writer at once (queued or committing). When the
+    /// database falls behind and the queue is full, ingest calls wait at most
+    /// `--ingest-queue-wait` for room, then fail with RESOURCE_EXHAUSTED and retry advice.
+    #[arg(long, env = "REQLOG_INGEST_QUEUE_RECORDS", default_value_t = 50_000,
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub ingest_queue_records: u32,
+
+    /// How long an ingest call waits for room in a full queue, e.g. `100ms`, `1s`.
+    #[arg(long, env = "REQLOG_INGEST_QUEUE_WAIT", default_value = "100ms",
+          value_parser = parse_duration)]
+    pub ingest_queue_wait: Duration,
+
+    /// After SIGTERM or SIGINT: how long running calls get to finish (exports get half of
+    /// it, then end with UNAVAILABLE). Whatever still runs then is abandoned and reqlog
+    /// exits with status 1; acknowledged records are committed already and never lost.
+    #[arg(long, env = "REQLOG_SHUTDOWN_GRACE", default_value = "30s",
+          value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
     /// Query parameters whose values are redacted before storage (comma-separated,
     /// case-insensitive); replaces the built-in list.
     #[arg(long, env = "REQLOG_REDACT_PARAMS", value_delimiter = ',')]
@@ -182,6 +201,9 @@ impl fmt::Debug for Config {
             .field("no_migrate", &self.no_migrate)
             .field("max_batch_size", &self.max_batch_size)
             .field("max_group_rows", &self.max_group_rows)
+            .field("ingest_queue_records", &self.ingest_queue_records)
+            .field("ingest_queue_wait", &self.ingest_queue_wait)
+            .field("shutdown_grace", &self.shutdown_grace)
             .field("redact_params", &self.redact_params)
             .field("db_max_connections", &self.db_max_connections)
             .field("db_statement_timeout", &self.db_statement_timeout)

@@ -1,5 +1,7 @@
 //! The service's one error type, and its one mapping to `tonic::Status`.
 
+use std::time::Duration;
+
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -33,6 +35,18 @@ pub enum Error {
     /// A storage failure.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The retry delay advised with a RESOURCE_EXHAUSTED that names none of its own.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// RESOURCE_EXHAUSTED with `google.rpc.RetryInfo`, so that clients back off by as much.
+fn exhausted(message: String, retry_after: Duration) -> Status {
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        message,
+        ErrorDetails::with_retry_info(Some(retry_after)),
+    )
 }
 
 impl From<AuthError> for Error {
@@ -69,7 +83,11 @@ impl From<Error> for Status {
                 ErrorDetails::with_bad_request_violation(field, reason),
             ),
             Error::FailedPrecondition(_) => Status::failed_precondition(message),
-            Error::ResourceExhausted(_) => Status::resource_exhausted(message),
+            Error::ResourceExhausted(_) => exhausted(message, DEFAULT_RETRY_AFTER),
+            Error::Store(StoreError::Overloaded { retry_after }) => exhausted(
+                "the server is busy writing, retry later".into(),
+                retry_after,
+            ),
             Error::Unauthenticated(_) => Status::unauthenticated(message),
             Error::PermissionDenied(_) => Status::permission_denied(message),
             Error::Store(StoreError::Unavailable(reason)) => {
@@ -85,5 +103,29 @@ impl From<Error> for Status {
                 Status::internal("database error")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_is_resource_exhausted_with_retry_advice() {
+        let retry_after = Duration::from_millis(750);
+        let status = Status::from(Error::Store(StoreError::Overloaded { retry_after }));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let advice = status
+            .get_details_retry_info()
+            .expect("the status should carry RetryInfo");
+        assert_eq!(advice.retry_delay, Some(retry_after));
+    }
+
+    #[test]
+    fn other_exhaustion_advises_a_default_delay() {
+        let status = Status::from(Error::ResourceExhausted("too many exports".into()));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let advice = status.get_details_retry_info().expect("RetryInfo");
+        assert_eq!(advice.retry_delay, Some(DEFAULT_RETRY_AFTER));
     }
 }

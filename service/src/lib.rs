@@ -12,6 +12,7 @@ pub mod error;
 pub mod grpc;
 pub mod health;
 pub mod lifecycle;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 

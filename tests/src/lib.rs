@@ -5,6 +5,7 @@
 //! PostgreSQL, each in a database of its own. `TEST_LOG=1` turns server tracing on.
 
 pub mod auth;
+pub mod load;
 pub mod process;
 
 use std::sync::Arc;

@@ -285,6 +285,42 @@ impl ServerProcess {
         self.child.as_mut()?.try_wait().ok().flatten()
     }
 
+    /// The child's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`, ...) without waiting.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("the server should still be running");
+        // `kill(1)` rather than libc: the workspace forbids unsafe code.
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("kill should run");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit_status() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The server's resident set size in KiB (`VmRSS` of `/proc/PID/status`).
+    pub fn rss_kib(&self) -> Option<u64> {
+        rss_kib(self.pid()?)
+    }
+
     /// Sends SIGTERM and waits up to `grace` for the exit; SIGKILL after that. Returns the
     /// exit status (`None` when it had to be killed).
     pub fn stop(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
@@ -315,6 +351,19 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(10));
     }
+}
+
+/// A process's resident set size in KiB, from `/proc/PID/status`.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A PostgreSQL cluster of the test's own (`initdb` in a temporary directory, listening on

@@ -181,3 +181,71 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Every way to write one IPv6 address: full, compressed, upper or lower case.
+    fn spellings(v6: Ipv6Addr) -> Vec<String> {
+        let full = v6
+            .segments()
+            .iter()
+            .map(|segment| format!("{segment:04x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        let short = v6.to_string();
+        vec![
+            full.to_ascii_uppercase(),
+            short.to_ascii_uppercase(),
+            full,
+            short,
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn canonical_form_is_a_fixed_point(raw in prop_oneof![
+            any::<Ipv4Addr>().prop_map(|ip| ip.to_string()),
+            any::<Ipv6Addr>().prop_map(|ip| ip.to_string()),
+            "[0-9a-fA-F:.]{0,20}",
+        ]) {
+            if let Ok(canonical) = canonical_ip(&raw) {
+                prop_assert_eq!(canonical_ip(&canonical), Ok(canonical.clone()));
+                prop_assert_eq!(hash_ip(&raw), hash_ip(&canonical));
+            }
+        }
+
+        #[test]
+        fn every_spelling_of_an_ipv6_hashes_alike(v6 in any::<Ipv6Addr>()) {
+            let expected = hash_ip(&v6.to_string()).expect("a displayed address parses");
+            for spelling in spellings(v6) {
+                prop_assert_eq!(hash_ip(&spelling), Ok(expected.clone()), "{}", spelling);
+            }
+        }
+
+        #[test]
+        fn an_ipv4_and_its_mapped_ipv6_are_one_address(v4 in any::<Ipv4Addr>()) {
+            let expected = hash_ip(&v4.to_string()).expect("dotted decimal parses");
+            for spelling in spellings(v4.to_ipv6_mapped()) {
+                prop_assert_eq!(hash_ip(&spelling), Ok(expected.clone()), "{}", spelling);
+            }
+            prop_assert_eq!(canonical_ip(&format!("::ffff:{v4}")), Ok(v4.to_string()));
+        }
+
+        /// Distinct addresses never share a canonical form (the hash would merge them).
+        #[test]
+        fn distinct_addresses_stay_distinct(a in any::<Ipv6Addr>(), b in any::<Ipv6Addr>()) {
+            let same_address = a == b
+                || matches!((a.to_ipv4_mapped(), b.to_ipv4_mapped()), (Some(x), Some(y)) if x == y);
+            let same_text = canonical_ip(&a.to_string()) == canonical_ip(&b.to_string());
+            prop_assert_eq!(same_address, same_text);
+        }
+    }
+}

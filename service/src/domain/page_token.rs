@@ -147,3 +147,100 @@ mod tests {
         assert!(key.open("", &query("a")).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::filter::{LogFilter, SortField, SortOrder};
+
+    const FIELDS: [SortField; 10] = [
+        SortField::Timestamp,
+        SortField::ApiKeyName,
+        SortField::ApiKeyPrefix,
+        SortField::Method,
+        SortField::Endpoint,
+        SortField::QueryParams,
+        SortField::StatusCode,
+        SortField::ErrorCode,
+        SortField::IpHash,
+        SortField::DurationMs,
+    ];
+
+    /// Queries from small pools, so that equal queries come up often.
+    fn query() -> impl Strategy<Value = LogQuery> {
+        (
+            proptest::sample::select(vec!["acct_a", "acct_b"]),
+            proptest::option::of(proptest::sample::select(vec!["get", "x"])),
+            proptest::collection::vec(proptest::sample::select(vec![200, 404]), 0..2),
+            proptest::option::of(proptest::sample::select(vec!["/v1", "/v2"])),
+            proptest::option::of(0..3i64),
+            proptest::sample::select(FIELDS.to_vec()),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(account, search, status_codes, prefix, start, field, descending)| {
+                    let filter = LogFilter {
+                        search: search.map(str::to_owned),
+                        status_codes,
+                        endpoint_prefix: prefix.map(str::to_owned),
+                        start_micros: start,
+                        ..LogFilter::default()
+                    };
+                    LogQuery::new(account, filter, SortOrder { field, descending })
+                        .expect("pooled accounts are valid")
+                },
+            )
+    }
+
+    fn cursor() -> impl Strategy<Value = Cursor> {
+        (
+            prop_oneof![
+                Just(CursorValue::Null),
+                any::<i64>().prop_map(CursorValue::Int),
+                ".{0,12}".prop_map(CursorValue::Text),
+            ],
+            any::<i64>(),
+        )
+            .prop_map(|(value, id)| Cursor { value, id })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// A token opens for exactly the query it was sealed for, and to its own cursor.
+        #[test]
+        fn a_token_opens_only_for_its_query(a in query(), b in query(), at in cursor()) {
+            let key = PageTokenKey::new(vec![3; 32]);
+            let token = key.seal(&a, &at);
+            prop_assert_eq!(key.open(&token, &a), Ok(at.clone()));
+            let other = key.open(&token, &b);
+            if a == b {
+                prop_assert_eq!(other, Ok(at));
+            } else {
+                prop_assert_eq!(other.map_err(|violation| violation.field), Err("page_token".into()));
+            }
+        }
+
+        /// Any change to a token's bytes, or any other text, is refused: never a cursor.
+        #[test]
+        fn altered_tokens_never_open(
+            q in query(),
+            at in cursor(),
+            position in any::<proptest::sample::Index>(),
+            flip in 1u8..,
+            junk in "[A-Za-z0-9_-]{0,80}",
+        ) {
+            let key = PageTokenKey::new(vec![3; 32]);
+            let token = key.seal(&q, &at);
+            let mut bytes = URL_SAFE_NO_PAD.decode(&token).expect("tokens are base64url");
+            let index = position.index(bytes.len());
+            bytes[index] ^= flip;
+            prop_assert!(key.open(&URL_SAFE_NO_PAD.encode(&bytes), &q).is_err());
+            if junk != token {
+                prop_assert!(key.open(&junk, &q).is_err());
+            }
+        }
+    }
+}

@@ -142,3 +142,86 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A parameter name as a client may spell it: any case, percent- or `+`-encoded
+    /// letters, padded with encoded spaces, with or without `[]`.
+    fn spelling(name: &'static str) -> impl Strategy<Value = String> {
+        let letters: Vec<_> = name
+            .chars()
+            .map(|c| {
+                prop_oneof![
+                    Just(c.to_string()),
+                    Just(c.to_ascii_uppercase().to_string()),
+                    Just(format!("%{:02X}", c as u32)),
+                    Just(format!("%{:02x}", c.to_ascii_uppercase() as u32)),
+                ]
+            })
+            .collect();
+        (
+            letters,
+            prop_oneof![Just(""), Just("[]"), Just("%5B%5D")],
+            prop_oneof![Just(""), Just("+"), Just("%20")],
+        )
+            .prop_map(|(letters, suffix, pad)| format!("{pad}{}{suffix}", letters.concat()))
+    }
+
+    fn sensitive_name() -> impl Strategy<Value = String> {
+        proptest::sample::select(DEFAULT_SENSITIVE_PARAMS).prop_flat_map(spelling)
+    }
+
+    /// A pair: (raw name, whether it is sensitive).
+    fn pair() -> impl Strategy<Value = (String, bool)> {
+        prop_oneof![
+            sensitive_name().prop_map(|name| (name, true)),
+            "[a-z_]{1,8}".prop_map(|name| {
+                let sensitive = DEFAULT_SENSITIVE_PARAMS.contains(&name.as_str());
+                (name, sensitive)
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Secrets are unique markers: none may appear in the output, and every pair
+        /// that is not sensitive comes out as it went in.
+        #[test]
+        fn no_sensitive_value_gets_through(pairs in proptest::collection::vec(pair(), 0..8)) {
+            let query: Vec<String> = pairs
+                .iter()
+                .enumerate()
+                .map(|(index, (name, _))| format!("{name}=SECRET{index}x%3D=y"))
+                .collect();
+            let clean = Sanitizer::default().sanitize(&query.join("&"));
+            let out: Vec<&str> = clean.split('&').collect();
+            prop_assert_eq!(out.len(), pairs.len().max(1));
+            for (index, (name, sensitive)) in pairs.iter().enumerate() {
+                if *sensitive {
+                    prop_assert!(!clean.contains(&format!("SECRET{index}x")), "{}", clean);
+                    prop_assert_eq!(out[index], format!("{name}={REDACTED}"));
+                } else {
+                    prop_assert_eq!(out[index], &query[index]);
+                }
+            }
+        }
+
+        /// Whatever the input, the output has the same pairs (split on `&`) and names.
+        #[test]
+        fn arbitrary_input_keeps_its_shape(query in "[a-zA-Z0-9%+=&\\[\\]_.~-]{0,40}") {
+            let clean = Sanitizer::default().sanitize(&query);
+            let before: Vec<&str> = query.split('&').collect();
+            let after: Vec<&str> = clean.split('&').collect();
+            prop_assert_eq!(before.len(), after.len());
+            for (old, new) in before.iter().zip(&after) {
+                let name = |pair: &str| pair.split('=').next().map(str::to_owned);
+                prop_assert_eq!(name(old), name(new));
+            }
+        }
+    }
+}

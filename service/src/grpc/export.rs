@@ -10,6 +10,9 @@
 //! When the client cancels, tonic drops the stream and with it the receiver; the producer's
 //! next `send` fails (or the check before each page sees the channel closed) and the task
 //! returns, rolling back its snapshot and freeing its connection.
+//! When the server shuts down and its [`Ending`] fires, the response stream ends at once
+//! with UNAVAILABLE (whether or not the producer waits on a slow reader), which drops the
+//! receiver and so ends the producer as a cancellation does.
 
 use std::sync::Arc;
 
@@ -25,6 +28,7 @@ use super::logs::ExportStream;
 use crate::domain::export::{Chunker, EncodeError, Encoder, ExportFormat, ExportQuery, Summary};
 use crate::domain::filter::LogQuery;
 use crate::error::Error;
+use crate::shutdown::Ending;
 use crate::store::export::{EXPORT_PAGE_ROWS, ExportReader, export_slots};
 
 /// Messages the channel between producer and response holds: with 64 KiB chunks, at most
@@ -66,6 +70,7 @@ impl ExportLimit {
 pub async fn export_logs(
     db: &DatabaseConnection,
     limit: &ExportLimit,
+    ending: Ending,
     request: pb::ExportLogsRequest,
 ) -> Result<Response<ExportStream>, Status> {
     let query = LogQuery::new(
@@ -87,7 +92,34 @@ pub async fn export_logs(
         }
         .instrument(tracing::Span::current()),
     );
-    Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    Ok(Response::new(Box::pin(until_ending(
+        ReceiverStream::new(receiver),
+        ending,
+    ))))
+}
+
+/// The export's items until the stream ends, or until `ending` fires: then one last
+/// UNAVAILABLE, so the client knows the file is incomplete and may run the export again.
+fn until_ending(
+    items: ReceiverStream<Result<pb::ExportLogsResponse, Status>>,
+    ending: Ending,
+) -> impl tokio_stream::Stream<Item = Result<pb::ExportLogsResponse, Status>> + Send {
+    futures_util::stream::unfold(Some((items, ending)), |state| async move {
+        let (mut items, mut ending) = state?;
+        tokio::select! {
+            biased;
+            // The ending first: a producer that is never short of chunks must not hide it.
+            () = ending.fired() => {
+                tracing::info!("export ended by shutdown");
+                let status =
+                    Status::unavailable("the server is shutting down; run the export again");
+                Some((Err(status), None))
+            }
+            item = tokio_stream::StreamExt::next(&mut items) => {
+                item.map(|item| (item, Some((items, ending))))
+            }
+        }
+    })
 }
 
 /// Why the producer stopped before the summary.

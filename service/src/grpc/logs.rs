@@ -17,6 +17,7 @@ use crate::domain::ip::IpHasher;
 use crate::domain::page_token::PageTokenKey;
 use crate::domain::time::now_micros;
 use crate::error::Error;
+use crate::shutdown::Ending;
 use crate::store::logs;
 
 /// Lists and exports logs for consoles and services.
@@ -26,18 +27,26 @@ pub struct LogApi {
     tokens: PageTokenKey,
     exports: ExportLimit,
     ip_hasher: IpHasher,
+    ending: Ending,
 }
 
 impl LogApi {
     /// A log service reading from `db`, sealing page tokens with `tokens`; HashIp answers
-    /// with `ip_hasher`, the one ingest stores with.
-    pub fn new(db: DatabaseConnection, tokens: PageTokenKey, ip_hasher: IpHasher) -> Self {
+    /// with `ip_hasher`, the one ingest stores with; running exports end (UNAVAILABLE) when
+    /// `ending` fires.
+    pub fn new(
+        db: DatabaseConnection,
+        tokens: PageTokenKey,
+        ip_hasher: IpHasher,
+        ending: Ending,
+    ) -> Self {
         let exports = ExportLimit::for_pool(&db);
         Self {
             db,
             tokens,
             exports,
             ip_hasher,
+            ending,
         }
     }
 }
@@ -108,7 +117,13 @@ impl LogService for LogApi {
         request: Request<pb::ExportLogsRequest>,
     ) -> Result<Response<Self::ExportLogsStream>, Status> {
         auth::authorize(&request, Action::Read, &request.get_ref().account_id)?;
-        export::export_logs(&self.db, &self.exports, request.into_inner()).await
+        export::export_logs(
+            &self.db,
+            &self.exports,
+            self.ending.clone(),
+            request.into_inner(),
+        )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id))]

@@ -29,6 +29,13 @@ pub enum StoreError {
     /// The writer has stopped (the server is shutting down).
     #[error("writer stopped")]
     WriterStopped,
+    /// The writer's queue stayed full for the whole bounded wait: the database is slower
+    /// than the callers; they should retry after the given delay.
+    #[error("the write queue is full")]
+    Overloaded {
+        /// How long callers should wait before retrying.
+        retry_after: Duration,
+    },
     /// Any other database error.
     #[error("database error")]
     Database(#[source] DbErr),

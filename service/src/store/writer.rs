@@ -10,13 +10,14 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use sea_orm::sea_query::{Condition, Expr, OnConflict, Query};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::StoreError;
@@ -55,8 +56,27 @@ pub struct WriterStats {
 pub struct WriterConfig {
     /// Most records one transaction takes.
     pub max_group_rows: usize,
-    /// Jobs (calls) that may wait for the writer before callers wait to enqueue.
+    /// Jobs (calls and internal writes) the channel to the writer holds.
     pub queue_jobs: usize,
+    /// Records that may be queued or committing at once; an ingest call that cannot get
+    /// room for its records within `enqueue_wait` fails with [`StoreError::Overloaded`].
+    pub queue_records: usize,
+    /// The longest an ingest call waits for room in the queue.
+    pub enqueue_wait: Duration,
+    /// The retry delay an overloaded caller is advised.
+    pub retry_after: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            max_group_rows: 10_000,
+            queue_jobs: 4_096,
+            queue_records: 50_000,
+            enqueue_wait: Duration::from_millis(100),
+            retry_after: Duration::from_secs(1),
+        }
+    }
 }
 
 /// A write that is not an ingest: purge and sweep batches, key and plan changes. It runs
@@ -78,6 +98,9 @@ struct IngestJob {
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
     stats: Arc<WriterStats>,
+    /// Room for records in the queue: a permit a record, held until its caller is answered.
+    room: Arc<Semaphore>,
+    config: WriterConfig,
 }
 
 impl std::fmt::Debug for Job {
@@ -101,13 +124,31 @@ impl Writer {
         config: WriterConfig,
         available: Arc<AtomicBool>,
     ) -> (Self, JoinHandle<()>) {
-        let (jobs, queue) = mpsc::channel(config.queue_jobs.max(1));
+        let config = WriterConfig {
+            queue_jobs: config.queue_jobs.max(1),
+            queue_records: config.queue_records.clamp(1, Semaphore::MAX_PERMITS),
+            ..config
+        };
+        let (jobs, queue) = mpsc::channel(config.queue_jobs);
         let stats = Arc::new(WriterStats::default());
+        let room = Arc::new(Semaphore::new(config.queue_records));
         let task = tokio::spawn(run(db, queue, config, available, Arc::clone(&stats)));
-        (Self { jobs, stats }, task)
+        (
+            Self {
+                jobs,
+                stats,
+                room,
+                config,
+            },
+            task,
+        )
     }
 
     /// Stores records (each on its own) and answers once they are durably committed.
+    ///
+    /// When the database falls behind, the queue fills: a call then waits at most
+    /// `enqueue_wait` for room and fails with [`StoreError::Overloaded`] rather than letting
+    /// waiting calls (and their records) pile up in memory.
     pub async fn ingest(
         &self,
         entries: Vec<NewLogEntry>,
@@ -115,11 +156,25 @@ impl Writer {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job::Ingest(IngestJob { entries, reply }))
+        let overloaded = || StoreError::Overloaded {
+            retry_after: self.config.retry_after,
+        };
+        // A call larger than the whole queue waits for an empty queue, not forever.
+        let wanted = entries.len().min(self.config.queue_records);
+        let wanted = u32::try_from(wanted).unwrap_or(u32::MAX);
+        let wait = self.config.enqueue_wait;
+        // Held until this call is answered (or dropped when the caller goes away, its job
+        // then still bounded by the channel's capacity).
+        let _room = tokio::time::timeout(wait, Arc::clone(&self.room).acquire_many_owned(wanted))
             .await
+            .map_err(|_| overloaded())?
             .map_err(|_| StoreError::WriterStopped)?;
+        let slot = tokio::time::timeout(wait, self.jobs.reserve())
+            .await
+            .map_err(|_| overloaded())?
+            .map_err(|_| StoreError::WriterStopped)?;
+        let (reply, answer) = oneshot::channel();
+        slot.send(Job::Ingest(IngestJob { entries, reply }));
         answer.await.map_err(|_| StoreError::WriterStopped)?
     }
 
@@ -251,6 +306,9 @@ fn clone_error(error: &StoreError) -> StoreError {
     match error {
         StoreError::Unavailable(reason) => StoreError::Unavailable(reason.clone()),
         StoreError::WriterStopped => StoreError::WriterStopped,
+        StoreError::Overloaded { retry_after } => StoreError::Overloaded {
+            retry_after: *retry_after,
+        },
         StoreError::Database(db_error) => StoreError::Database(DbErr::Custom(db_error.to_string())),
     }
 }
