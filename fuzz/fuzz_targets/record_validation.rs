@@ -5,6 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use reqlog_client::pb;
+use reqlog_service::domain::ip::IpHasher;
 use reqlog_service::domain::query::Sanitizer;
 use reqlog_service::domain::record::RecordRules;
 use reqlog_service::grpc::convert::record_input;
@@ -15,6 +16,7 @@ fuzz_target!(|bytes: &[u8]| {
     };
     let rules = RecordRules {
         sanitizer: Sanitizer::default(),
+        ip_hasher: IpHasher::Plain,
     };
     for record in &request.records {
         if let Ok(entry) = rules.validate(&record_input(record), 1_800_000_000_000_000) {
