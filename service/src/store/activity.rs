@@ -108,7 +108,7 @@ pub async fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{DbOptions, connect, migrate};
+    use crate::store::test_database;
 
     fn new(account: &str, n: u64) -> NewActivity {
         NewActivity {
@@ -124,17 +124,7 @@ mod tests {
 
     #[tokio::test]
     async fn entries_page_newest_first_per_account() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-        let db = connect(&DbOptions {
-            url,
-            max_connections: 1,
-            statement_timeout: None,
-            sqlite_writer: false,
-        })
-        .await
-        .unwrap();
-        migrate(&db).await.unwrap();
+        let (_dir, db) = test_database().await;
         record(
             &db,
             (0..5)

@@ -176,6 +176,24 @@ pub async fn begin_write(db: &impl TransactionTrait) -> Result<DatabaseTransacti
     Ok(txn)
 }
 
+/// A migrated SQLite database in a temporary directory, for the store's unit tests; the
+/// directory lives as long as the returned guard.
+#[cfg(test)]
+pub(crate) async fn test_database() -> (tempfile::TempDir, DatabaseConnection) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+    let db = connect(&DbOptions {
+        url,
+        max_connections: 1,
+        statement_timeout: None,
+        sqlite_writer: false,
+    })
+    .await
+    .expect("connect");
+    migrate(&db).await.expect("migrate");
+    (dir, db)
+}
+
 /// Applies every pending migration.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), StoreError> {
     Ok(Migrator::up(db, None).await?)

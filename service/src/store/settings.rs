@@ -51,21 +51,11 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{DbOptions, connect, migrate};
+    use crate::store::test_database;
 
     #[tokio::test]
     async fn the_key_is_created_once_and_then_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-        let db = connect(&DbOptions {
-            url,
-            max_connections: 1,
-            statement_timeout: None,
-            sqlite_writer: false,
-        })
-        .await
-        .unwrap();
-        migrate(&db).await.unwrap();
+        let (_dir, db) = test_database().await;
         let first = page_token_key(&db).await.unwrap();
         let second = page_token_key(&db).await.unwrap();
         assert_eq!(first.len(), 32);
