@@ -886,15 +886,16 @@ async fn wait_for_idle_pool(db: &DatabaseConnection) {
     }
 }
 
-/// Other sessions of this test database inside a transaction (PostgreSQL only): all of
-/// them, or only those waiting idle inside one (a health check's ping is never that).
+/// Export sessions (by their `application_name`) of this test database inside a transaction
+/// (PostgreSQL only): all of them, or only those waiting idle inside one. The search indexer
+/// and the ingest writer open transactions too, so counting every session would be racy.
 async fn open_transactions(db: &DatabaseConnection, idle_only: bool) -> i64 {
     let sql = if idle_only {
         "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
-         AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'"
+         AND application_name = 'reqlog export' AND state LIKE 'idle in transaction%'"
     } else {
         "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
-         AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
+         AND application_name = 'reqlog export' AND xact_start IS NOT NULL"
     };
     let row = db
         .query_one(Statement::from_string(db.get_database_backend(), sql))
@@ -1103,7 +1104,7 @@ async fn database_failure_mid_stream_ends_in_an_error(backend: Backend) {
                 // for other databases' sessions before filtering them out.
                 "SELECT COUNT(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
                  WHERE datname = current_database() AND state LIKE 'idle in transaction%' \
-                 AND pid <> pg_backend_pid()",
+                 AND application_name = 'reqlog export'",
             ))
             .await
             .expect("terminate the export's session")

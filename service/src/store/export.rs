@@ -98,6 +98,9 @@ pub fn export_slots(db: &DatabaseConnection) -> usize {
     usize::try_from(pool_size / 2).unwrap_or(1).max(1)
 }
 
+/// `application_name` of a PostgreSQL session while it serves an export.
+pub const EXPORT_APPLICATION_NAME: &str = "reqlog export";
+
 /// An export being read: its snapshot, its query and where the next page starts.
 #[derive(Debug)]
 pub struct ExportReader {
@@ -115,11 +118,19 @@ impl ExportReader {
     pub async fn open(db: &DatabaseConnection, query: ExportQuery) -> Result<Self, StoreError> {
         let txn = match db.get_database_backend() {
             DbBackend::Postgres => {
-                db.begin_with_config(
-                    Some(IsolationLevel::RepeatableRead),
-                    Some(AccessMode::ReadOnly),
-                )
-                .await?
+                let txn = db
+                    .begin_with_config(
+                        Some(IsolationLevel::RepeatableRead),
+                        Some(AccessMode::ReadOnly),
+                    )
+                    .await?;
+                // Names the session in pg_stat_activity while the export holds its snapshot,
+                // so an operator (or a test) can tell a long export from ingest or indexing.
+                txn.execute_unprepared(&format!(
+                    "SET LOCAL application_name = '{EXPORT_APPLICATION_NAME}'"
+                ))
+                .await?;
+                txn
             }
             // SQLite has neither setting (sea-orm would only warn): a deferred BEGIN's
             // first read fixes the snapshot.
