@@ -8,6 +8,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261122_000001_create_schema;
 mod m20261122_000002_activity;
 mod m20261122_000003_search_index;
+mod m20261124_000004_sqlite_search_index;
 
 /// Every reqlog migration, in order.
 #[derive(Debug)]
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_create_schema::Migration),
             Box::new(m20261122_000002_activity::Migration),
             Box::new(m20261122_000003_search_index::Migration),
+            Box::new(m20261124_000004_sqlite_search_index::Migration),
         ]
     }
 }

@@ -1,6 +1,6 @@
 //! PostgreSQL's search index: a trigram GIN index over a copy of each row's free-text
 //! columns, kept in its own table and filled off the ingest path (see the service's
-//! `store::search`). SQLite has no such table: its search walks the account's clustered rows.
+//! `store::search`). SQLite gets its own (FTS5) in migration 000004.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DatabaseBackend;

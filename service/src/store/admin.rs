@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use sea_orm::sea_query::{Alias, Expr, OnConflict, Order, Query};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
-    QuerySelect, Statement, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
+    QueryFilter, QuerySelect, Statement, TransactionTrait,
 };
 
 use super::StoreError;
@@ -109,7 +109,7 @@ pub async fn mark_key_deleted(
 
 /// Deletes up to `limit` rows of a key; returns how many.
 pub async fn delete_key_rows(
-    db: &impl ConnectionTrait,
+    db: &DatabaseConnection,
     account_id: &str,
     api_key_id: &str,
     limit: u64,
@@ -125,7 +125,7 @@ pub async fn delete_key_rows(
 
 /// Deletes up to `limit` rows of an account older than `cutoff_micros`; returns how many.
 pub async fn delete_rows_before(
-    db: &impl ConnectionTrait,
+    db: &DatabaseConnection,
     account_id: &str,
     cutoff_micros: i64,
     limit: u64,
@@ -139,23 +139,47 @@ pub async fn delete_rows_before(
     delete_batch(db, batch).await
 }
 
-/// Deletes the rows `batch` (a SELECT without columns) finds, by their primary key:
-/// `(account_id, ts, id)` on SQLite, where the table is clustered on it and `id` alone is
-/// not indexed; `id` on PostgreSQL, where they also leave the search index.
+/// Deletes the rows `batch` (a SELECT without columns) finds, and their search-index
+/// entries, in one transaction: by their primary key `(account_id, ts, id)` on SQLite, where
+/// the table is clustered on it; by `id` on PostgreSQL.
 async fn delete_batch(
-    db: &impl ConnectionTrait,
+    db: &DatabaseConnection,
     mut batch: sea_orm::sea_query::SelectStatement,
 ) -> Result<u64, StoreError> {
     use log_entry::Column as C;
-    let key = match db.get_database_backend() {
+    match db.get_database_backend() {
         DbBackend::Sqlite => {
             batch.columns([C::AccountId, C::Ts, C::Id]);
-            Expr::tuple([
+            let key = Expr::tuple([
                 Expr::col(C::AccountId).into(),
                 Expr::col(C::Ts).into(),
                 Expr::col(C::Id).into(),
             ])
-            .in_subquery(batch)
+            .in_subquery(batch);
+            let delete = Query::delete()
+                .from_table(log_entry::Entity)
+                .and_where(key)
+                .returning_col(C::Id)
+                .to_owned();
+            let txn = super::begin_write(db).await?;
+            let ids = txn
+                .query_all(DbBackend::Sqlite.build(&delete))
+                .await?
+                .iter()
+                .map(|row| row.try_get::<i64>("", "id"))
+                .collect::<Result<Vec<_>, _>>()?;
+            if !ids.is_empty() {
+                // A row the indexer has not reached yet has no entry; deleting it is a no-op.
+                let ids_json = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned());
+                txn.execute(Statement::from_sql_and_values(
+                    DbBackend::Sqlite,
+                    "DELETE FROM log_search WHERE rowid IN (SELECT value FROM json_each(?))",
+                    [ids_json.into()],
+                ))
+                .await?;
+            }
+            txn.commit().await?;
+            Ok(ids.len() as u64)
         }
         _ => {
             // The rows leave the search index in the same statement.
@@ -176,15 +200,9 @@ async fn delete_batch(
                 Some(row) => row.try_get::<i64>("", "deleted")?,
                 None => 0,
             };
-            return Ok(u64::try_from(deleted).unwrap_or(0));
+            Ok(u64::try_from(deleted).unwrap_or(0))
         }
-    };
-    let delete = Query::delete()
-        .from_table(log_entry::Entity)
-        .and_where(key)
-        .to_owned();
-    let result = db.execute(db.get_database_backend().build(&delete)).await?;
-    Ok(result.rows_affected())
+    }
 }
 
 /// Forgets idempotency keys of an account from days before `before_day`.

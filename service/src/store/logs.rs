@@ -31,7 +31,7 @@ pub async fn page(
     page_size: u32,
 ) -> Result<Page, StoreError> {
     let backend = db.get_database_backend();
-    if let Some(term) = indexed_search_term(backend, query) {
+    if let Some(term) = indexed_search_term(query) {
         return indexed_search_page(db, query, term, after, page_size).await;
     }
     let rows = page_select(backend, query, after, page_size)
@@ -54,21 +54,21 @@ fn finish_page(query: &LogQuery, mut rows: Vec<log_entry::Model>, page_size: u32
 /// the term up instead: a term on more than ~5% of rows fills a page within them.
 const SEARCH_WALK_ROWS: u64 = 2_000;
 
-/// The search term, when PostgreSQL's search index can answer this query: time order, a
-/// term of three characters or more (trigrams), and one that only free-text columns can hold
-/// (the index does not copy methods, status codes and IP hashes).
-fn indexed_search_term(backend: DbBackend, query: &LogQuery) -> Option<&str> {
+/// The search term, when the search index can answer this query: time order, a term of
+/// three characters or more (trigrams), and one that only free-text columns can hold (the
+/// index does not copy methods, status codes and IP hashes).
+fn indexed_search_term(query: &LogQuery) -> Option<&str> {
     let term = query.filter.search.as_deref()?;
-    let eligible = backend == DbBackend::Postgres
-        && query.order.field == SortField::Timestamp
+    let eligible = query.order.field == SortField::Timestamp
         && term.chars().count() >= 3
         && SearchColumns::of(term).free_text_only();
     eligible.then_some(term)
 }
 
-/// A search page on PostgreSQL: first the walk over the newest rows (cheap when the term is
-/// frequent); when that does not fill the page, the rows the index holds for the term plus
-/// the rows not indexed yet, merged in time order.
+/// A search page through the index: first the walk over the newest rows (cheap when the term
+/// is frequent); when that does not fill the page, the rows the index holds for the term plus
+/// the rows not indexed yet, merged in time order. Both reads keep the full search condition,
+/// so the index only has to name a superset of the matching rows.
 async fn indexed_search_page(
     db: &impl ConnectionTrait,
     query: &LogQuery,
@@ -109,11 +109,20 @@ async fn indexed_search_page(
         .filter(log_entry::Column::Id.gt(indexed_through))
         .all(db)
         .await?;
-    let indexed = page_select(backend, query, after, page_size)
-        .filter(Expr::cust_with_values(
+    let in_index = match backend {
+        DbBackend::Postgres => Expr::cust_with_values(
             r#""log_entries"."id" IN (SELECT "id" FROM "log_search" WHERE "account_id" = $1 AND "doc" ILIKE $2 ESCAPE '\')"#,
             [query.account_id.clone(), like_pattern(term)],
-        ))
+        ),
+        // The FTS table holds no account: its candidates are looked up by id
+        // (`idx_log_entries_id`), and the account filter drops other accounts' rows.
+        _ => Expr::cust_with_values(
+            r#""log_entries"."id" IN (SELECT rowid FROM "log_search" WHERE "log_search" MATCH ?)"#,
+            [super::search::trigram_query(term).unwrap_or_default()],
+        ),
+    };
+    let indexed = page_select(backend, query, after, page_size)
+        .filter(in_index)
         .all(db)
         .await?;
     let mut rows = newest;
