@@ -201,6 +201,9 @@ pub(crate) async fn purge(ctx: &Context) -> Result<Vec<Figure>, String> {
     let baseline_db = copy(ctx, &db, "purge_baseline").await?;
     let server =
         ServerProcess::start(&ctx.binary, &db.url, &ctx.dir.join("purge.log"), &[]).await?;
+    // Purge and sweep measured in the steady state, not racing the indexer's backlog.
+    let catch_up = crate::workloads::wait_for_search_index(&db).await?;
+    eprintln!("W5: search index caught up {catch_up:.1} s after the server started");
     let admin = server.client.admin();
     let mut figures = Vec::new();
 
@@ -346,6 +349,8 @@ pub(crate) async fn export(ctx: &Context) -> Result<Vec<Figure>, String> {
     .await?;
     let server =
         ServerProcess::start(&ctx.binary, &db.url, &ctx.dir.join("export.log"), &[]).await?;
+    let catch_up = crate::workloads::wait_for_search_index(&db).await?;
+    eprintln!("W4: search index caught up {catch_up:.1} s after the server started");
     let mut best = f64::MAX;
     let mut growth_kib = 0;
     let mut bytes = 0;

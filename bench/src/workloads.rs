@@ -702,7 +702,7 @@ const COLUMNS: &str = "id, account_id, ts, request_id, api_key_id, api_key_name,
 /// W3: pages of the biggest account, through ListLogs and by hand-written SQL.
 /// Waits until the server's background indexer has copied every row into the search index
 /// (the watermark reaches the newest id); returns the seconds it took.
-async fn wait_for_search_index(db: &BenchDb) -> Result<f64, String> {
+pub(crate) async fn wait_for_search_index(db: &BenchDb) -> Result<f64, String> {
     let conn = Database::connect(&db.url)
         .await
         .map_err(|e| e.to_string())?;
@@ -733,7 +733,7 @@ pub(crate) async fn list(ctx: &Context, db: &BenchDb) -> Result<Vec<Figure>, Str
     let server = ServerProcess::start(&ctx.binary, &db.url, &ctx.dir.join("list.log"), &[]).await?;
     // W3 measures the index, not the unindexed tail the ingest run may have left behind.
     let catch_up = wait_for_search_index(db).await?;
-    println!("W3: search index caught up {catch_up:.1} s after the server started");
+    eprintln!("W3: search index caught up {catch_up:.1} s after the server started");
     let raw = Raw::open(ctx, db).await?;
     let account = data::BIGGEST.to_owned();
     let base = |filter: Option<pb::LogFilter>, order: Option<pb::SortOrder>| pb::ListLogsRequest {

@@ -248,9 +248,10 @@ impl Application {
             db.clone(),
             std::time::Duration::from_millis(500),
         ));
-        // PostgreSQL: copies new rows into the search index off the ingest path.
+        // Copies new rows into the search index off the ingest path.
         let search_indexer = tokio::spawn(store::search::index_forever(
             db.clone(),
+            writer.clone(),
             std::time::Duration::from_secs(1),
         ));
 
@@ -340,15 +341,19 @@ impl Application {
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown,
             );
+        // Aborted again after the drain, in case the grace period cut the drain short.
+        let search_indexer_abort = search_indexer.abort_handle();
         let drain = async move {
             server.await?;
             // The services (and with them every writer handle) are dropped: the writer
-            // drains its queue, answers, and ends. The sweeper holds a handle too: stop it
-            // first.
+            // drains its queue, answers, and ends. The sweeper and the search indexer hold
+            // handles too: stop them first.
             if let Some(sweeper) = sweeper {
                 sweeper.abort();
                 let _ = sweeper.await;
             }
+            search_indexer.abort();
+            let _ = search_indexer.await;
             if let Err(error) = writer_task.await {
                 tracing::error!(%error, "writer task failed");
             }
@@ -365,7 +370,7 @@ impl Application {
         };
         monitor.abort();
         checkpointer.abort();
-        search_indexer.abort();
+        search_indexer_abort.abort();
         if let Some(reloader) = reloader {
             reloader.abort();
         }

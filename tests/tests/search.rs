@@ -11,12 +11,13 @@ use sea_orm::{ConnectionTrait, Statement};
 backend_tests!(
     rare_terms_page_through_indexed_and_newest_rows,
     purged_rows_leave_the_search_index,
+    rows_purged_before_indexing_never_reach_the_index,
 );
 
 const ACCOUNT: &str = "acct_search";
-/// More rows than the walk over the newest rows covers (2,000), so that a term only old rows
+/// More rows than the walk over the newest rows covers (20,000), so that a term only old rows
 /// hold is found through the index.
-const ROWS: usize = 2_600;
+const ROWS: usize = 20_600;
 
 fn marked(n: usize, marker: &str) -> pb::RequestRecord {
     let mut record = record(ACCOUNT, n);
@@ -127,30 +128,7 @@ async fn purged_rows_leave_the_search_index(backend: Backend) {
     let records = (0..30).map(|n| marked(n, "haystack")).collect();
     record_all(&server, records).await;
     search::index_pending(&server.db).await.expect("index");
-    // Rows of the index that hold the term's trigrams.
-    let indexed = |server: &TestServer| {
-        let db = server.db.clone();
-        async move {
-            let backend = db.get_database_backend();
-            let sql = match backend {
-                sea_orm::DbBackend::Postgres => {
-                    "SELECT COUNT(*) AS n FROM log_search WHERE doc LIKE $1".to_owned()
-                }
-                _ => "SELECT COUNT(*) AS n FROM log_search WHERE log_search MATCH ?".to_owned(),
-            };
-            let term = match backend {
-                sea_orm::DbBackend::Postgres => "%haystack%".to_owned(),
-                _ => search::trigram_query("haystack").expect("a trigram query"),
-            };
-            let row = db
-                .query_one(Statement::from_sql_and_values(backend, sql, [term.into()]))
-                .await
-                .expect("count")
-                .expect("a row");
-            row.try_get::<i64>("", "n").expect("n")
-        }
-    };
-    assert_eq!(indexed(&server).await, 30);
+    assert_eq!(index_rows_holding(&server, "haystack").await, 30);
     let purged = server
         .client
         .admin()
@@ -163,7 +141,8 @@ async fn purged_rows_leave_the_search_index(backend: Backend) {
         .into_inner()
         .deleted_count;
     assert_eq!(purged, 10);
-    assert_eq!(indexed(&server).await, 20);
+    assert_eq!(index_rows_holding(&server, "haystack").await, 20);
+    assert_index_consistent(&server).await;
     let found = search_all(&server, "haystack", 7).await;
     assert_eq!(found.len(), 20);
     assert!(found.iter().all(|params| {
@@ -175,4 +154,77 @@ async fn purged_rows_leave_the_search_index(backend: Backend) {
         n % 3 != 1
     }));
     server.shutdown().await;
+}
+
+/// SQLite: FTS5's own check of the index's structure. PostgreSQL: nothing to check.
+async fn assert_index_consistent(server: &TestServer) {
+    if server.db.get_database_backend() == sea_orm::DbBackend::Sqlite {
+        server
+            .db
+            .execute_unprepared(
+                "INSERT INTO log_search (log_search, rank) VALUES ('integrity-check', 0)",
+            )
+            .await
+            .expect("the FTS5 index is consistent");
+    }
+}
+
+async fn rows_purged_before_indexing_never_reach_the_index(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    // Indexed rows of key_0 and key_2, then rows of key_1 purged before any indexing (the
+    // background indexer may or may not have run in between: both must hold).
+    let records: Vec<_> = (0..30).map(|n| marked(n, "pinecone")).collect();
+    record_all(&server, records).await;
+    server
+        .client
+        .admin()
+        .purge_for_key(pb::PurgeForKeyRequest {
+            account_id: ACCOUNT.into(),
+            api_key_id: "key_1".into(),
+        })
+        .await
+        .expect("purge");
+    search::index_pending(&server.db).await.expect("index");
+    assert_index_consistent(&server).await;
+    assert_eq!(index_rows_holding(&server, "pinecone").await, 20);
+    let found = search_all(&server, "pinecone", 100).await;
+    assert_eq!(found.len(), 20);
+    // Deleting rows that were indexed leaves the index consistent too.
+    server
+        .client
+        .admin()
+        .purge_for_key(pb::PurgeForKeyRequest {
+            account_id: ACCOUNT.into(),
+            api_key_id: "key_2".into(),
+        })
+        .await
+        .expect("purge");
+    assert_index_consistent(&server).await;
+    assert_eq!(index_rows_holding(&server, "pinecone").await, 10);
+    assert_eq!(search_all(&server, "pinecone", 100).await.len(), 10);
+    server.shutdown().await;
+}
+
+/// Rows of the search index that hold the term (PostgreSQL), or all its trigrams (SQLite).
+async fn index_rows_holding(server: &TestServer, term: &str) -> i64 {
+    let backend = server.db.get_database_backend();
+    let (sql, value) = match backend {
+        sea_orm::DbBackend::Postgres => (
+            "SELECT COUNT(*) AS n FROM log_search WHERE doc LIKE $1",
+            format!("%{term}%"),
+        ),
+        _ => (
+            "SELECT COUNT(*) AS n FROM log_search WHERE log_search MATCH ?",
+            search::trigram_query(term).expect("a trigram query"),
+        ),
+    };
+    let row = server
+        .db
+        .query_one(Statement::from_sql_and_values(backend, sql, [value.into()]))
+        .await
+        .expect("count")
+        .expect("a row");
+    row.try_get::<i64>("", "n").expect("n")
 }
