@@ -135,9 +135,9 @@ async fn indexed_search_page(
 
     let indexed_through = super::search::watermark(db).await?;
     let unindexed = match backend {
-        DbBackend::Postgres => Expr::col((log_entry::Entity, log_entry::Column::Id))
-            .gt(indexed_through)
-            .into(),
+        DbBackend::Postgres => {
+            Expr::col((log_entry::Entity, log_entry::Column::Id)).gt(indexed_through)
+        }
         // Tells SQLite's planner that few rows lie above the watermark, so that it reads them
         // through `idx_log_entries_id` instead of walking the account (68 ms on 1M rows).
         _ => Expr::cust_with_values(
