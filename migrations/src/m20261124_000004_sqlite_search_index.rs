@@ -37,6 +37,13 @@ impl MigrationTrait for Migration {
                 )",
             )
             .await?;
+        // No merges inside the writes that fill or empty the index (ingest's indexer chunk,
+        // a purge's batch): the indexer merges a bounded amount on each run instead
+        // (measured: deletes 2x cheaper; FTS5 still merges at once when a level reaches 16
+        // segments).
+        connection
+            .execute_unprepared("INSERT INTO log_search (log_search, rank) VALUES ('automerge', 0)")
+            .await?;
         // As for the other indexes (first migration): one row per id.
         for statement in [
             "DELETE FROM sqlite_stat1 WHERE idx = 'idx_log_entries_id'",

@@ -17,6 +17,10 @@ use crate::store::activity::{self, NewActivity};
 use crate::store::admin::{self, AgeCount, SWEEP_LOCK_ID};
 use crate::store::writer::Writer;
 
+/// Accounts one sweep transaction visits at most: each costs a statement even when it has
+/// nothing to delete.
+const SWEEP_ACCOUNTS_PER_STEP: usize = 500;
+
 /// Rows deleted from one account by a sweep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountSweep {
@@ -153,42 +157,57 @@ impl Lifecycle {
             None => admin::accounts_with_rows(&self.db).await?,
         };
         let now = now_micros();
-        let mut report = Vec::new();
-        for account_id in accounts {
-            let retention = retentions.get(&account_id).copied().unwrap_or(Retention {
-                plan: self.default_plan,
-                override_days: None,
-            });
-            let cutoff = retention.cutoff(now);
-            let mut deleted = 0;
-            loop {
-                let (account, limit) = (account_id.clone(), self.batch_rows);
-                let batch = self
-                    .writer
-                    .run(move |db| async move {
-                        admin::delete_rows_before(&db, &account, cutoff, limit).await
-                    })
-                    .await?;
-                deleted += batch;
-                if batch < self.batch_rows {
+        let items: Vec<(admin::SweepItem, Retention)> = accounts
+            .into_iter()
+            .map(|account_id| {
+                let retention = retentions.get(&account_id).copied().unwrap_or(Retention {
+                    plan: self.default_plan,
+                    override_days: None,
+                });
+                let item = admin::SweepItem {
+                    account_id,
+                    cutoff_micros: retention.cutoff(now),
+                };
+                (item, retention)
+            })
+            .collect();
+        let mut deleted = vec![0u64; items.len()];
+        // Each step is one short transaction of at most `batch_rows` deletions, across as
+        // many accounts as it takes; the next step starts at the first unfinished account.
+        let mut next = 0;
+        while next < items.len() {
+            let work: Vec<admin::SweepItem> = items[next..]
+                .iter()
+                .take(SWEEP_ACCOUNTS_PER_STEP)
+                .map(|(item, _)| item.clone())
+                .collect();
+            let limit = self.batch_rows;
+            let progress = self
+                .writer
+                .run(move |db| async move { admin::sweep_step(&db, &work, limit).await })
+                .await?;
+            if progress.is_empty() {
+                break;
+            }
+            for step in progress {
+                deleted[next] += step.deleted;
+                if !step.finished {
                     break;
                 }
-            }
-            let account = account_id.clone();
-            self.writer
-                .run(move |db| async move {
-                    admin::prune_request_ids(&db, &account, admin::request_id_horizon(cutoff)).await
-                })
-                .await?;
-            if deleted > 0 {
-                report.push(AccountSweep {
-                    account_id,
-                    deleted,
-                    retention_days: retention.days(),
-                    cutoff_micros: cutoff,
-                });
+                next += 1;
             }
         }
+        let report = items
+            .into_iter()
+            .zip(deleted)
+            .filter(|(_, deleted)| *deleted > 0)
+            .map(|((item, retention), deleted)| AccountSweep {
+                account_id: item.account_id,
+                deleted,
+                retention_days: retention.days(),
+                cutoff_micros: item.cutoff_micros,
+            })
+            .collect();
         Ok(report)
     }
 

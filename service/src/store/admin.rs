@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use sea_orm::sea_query::{Alias, Expr, OnConflict, Order, Query};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    QueryFilter, QuerySelect, Statement, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    DbBackend, EntityTrait, QueryFilter, QuerySelect, Statement, TransactionTrait,
 };
 
 use super::StoreError;
@@ -107,7 +107,7 @@ pub async fn mark_key_deleted(
     Ok(())
 }
 
-/// Deletes up to `limit` rows of a key; returns how many.
+/// Deletes up to `limit` rows of a key, in one transaction; returns how many.
 pub async fn delete_key_rows(
     db: &DatabaseConnection,
     account_id: &str,
@@ -120,34 +120,80 @@ pub async fn delete_key_rows(
         .and_where(log_entry::Column::AccountId.eq(account_id))
         .and_where(log_entry::Column::ApiKeyId.eq(api_key_id))
         .limit(limit);
-    delete_batch(db, batch).await
+    let txn = super::begin_write(db).await?;
+    let deleted = delete_batch(&txn, batch).await?;
+    txn.commit().await?;
+    Ok(deleted)
 }
 
-/// Deletes up to `limit` rows of an account older than `cutoff_micros`; returns how many.
-pub async fn delete_rows_before(
+/// One account's share of a retention sweep.
+#[derive(Debug, Clone)]
+pub struct SweepItem {
+    /// The account.
+    pub account_id: String,
+    /// Rows older than this (microseconds) go.
+    pub cutoff_micros: i64,
+}
+
+/// What one [`sweep_step`] did to one account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SweepProgress {
+    /// Rows deleted from the account in this step.
+    pub deleted: u64,
+    /// Whether the account has no row older than its cutoff left (its idempotency keys
+    /// older than the cutoff were pruned in the same step).
+    pub finished: bool,
+}
+
+/// One transaction of a retention sweep: deletes up to `limit` rows in all, taking `items`
+/// in order, each account's rows older than its cutoff; prunes the idempotency keys of each
+/// account it finishes. One transaction serves many small accounts (a commit costs an fsync:
+/// a transaction per account made sweeping 1,000 accounts several times slower than the
+/// deletes themselves). Returns the progress of each account it reached, in order.
+pub async fn sweep_step(
     db: &DatabaseConnection,
-    account_id: &str,
-    cutoff_micros: i64,
+    items: &[SweepItem],
     limit: u64,
-) -> Result<u64, StoreError> {
-    let mut batch = Query::select();
-    batch
-        .from(log_entry::Entity)
-        .and_where(log_entry::Column::AccountId.eq(account_id))
-        .and_where(log_entry::Column::Ts.lt(cutoff_micros))
-        .limit(limit);
-    delete_batch(db, batch).await
+) -> Result<Vec<SweepProgress>, StoreError> {
+    let txn = super::begin_write(db).await?;
+    let mut progress = Vec::new();
+    let mut left = limit;
+    for item in items {
+        if left == 0 {
+            break;
+        }
+        let mut batch = Query::select();
+        batch
+            .from(log_entry::Entity)
+            .and_where(log_entry::Column::AccountId.eq(item.account_id.as_str()))
+            .and_where(log_entry::Column::Ts.lt(item.cutoff_micros))
+            .limit(left);
+        let deleted = delete_batch(&txn, batch).await?;
+        let finished = deleted < left;
+        if finished {
+            prune_request_ids(
+                &txn,
+                &item.account_id,
+                request_id_horizon(item.cutoff_micros),
+            )
+            .await?;
+        }
+        left -= deleted;
+        progress.push(SweepProgress { deleted, finished });
+    }
+    txn.commit().await?;
+    Ok(progress)
 }
 
 /// Deletes the rows `batch` (a SELECT without columns) finds, and their search-index
-/// entries, in one transaction: by their primary key `(account_id, ts, id)` on SQLite, where
-/// the table is clustered on it; by `id` on PostgreSQL.
+/// entries: by their primary key `(account_id, ts, id)` on SQLite, where the table is
+/// clustered on it; by `id` on PostgreSQL.
 async fn delete_batch(
-    db: &DatabaseConnection,
+    txn: &DatabaseTransaction,
     mut batch: sea_orm::sea_query::SelectStatement,
 ) -> Result<u64, StoreError> {
     use log_entry::Column as C;
-    match db.get_database_backend() {
+    match txn.get_database_backend() {
         DbBackend::Sqlite => {
             batch.columns([C::AccountId, C::Ts, C::Id]);
             let key = Expr::tuple([
@@ -161,9 +207,8 @@ async fn delete_batch(
                 .and_where(key)
                 .to_owned();
             let (sql, values) = delete.build(sea_orm::sea_query::SqliteQueryBuilder);
-            let txn = super::begin_write(db).await?;
             // Stable while this transaction holds the write lock (the indexer writes too).
-            let indexed_through = super::search::watermark(&txn).await?;
+            let indexed_through = super::search::watermark(txn).await?;
             let returned = txn
                 .query_all(Statement::from_sql_and_values(
                     DbBackend::Sqlite,
@@ -196,14 +241,13 @@ async fn delete_batch(
                 ))
                 .await?;
             }
-            txn.commit().await?;
             Ok(returned.len() as u64)
         }
         _ => {
             // The rows leave the search index in the same statement.
             batch.column(C::Id);
             let (batch_sql, values) = batch.build(sea_orm::sea_query::PostgresQueryBuilder);
-            let row = db
+            let row = txn
                 .query_one(Statement::from_sql_and_values(
                     DbBackend::Postgres,
                     format!(
