@@ -21,6 +21,9 @@ use crate::store::writer::Writer;
 /// nothing to delete.
 const SWEEP_ACCOUNTS_PER_STEP: usize = 500;
 
+/// Time after which a sweep transaction takes no further account (ingest waits meanwhile).
+const SWEEP_STEP_BUDGET: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Rows deleted from one account by a sweep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountSweep {
@@ -184,7 +187,9 @@ impl Lifecycle {
             let limit = self.batch_rows;
             let progress = self
                 .writer
-                .run(move |db| async move { admin::sweep_step(&db, &work, limit).await })
+                .run(move |db| async move {
+                    admin::sweep_step(&db, &work, limit, SWEEP_STEP_BUDGET).await
+                })
                 .await?;
             if progress.is_empty() {
                 break;
