@@ -146,8 +146,8 @@ pub struct SweepProgress {
 }
 
 /// One transaction of a retention sweep: deletes up to `limit` rows in all (and stops taking
-/// new accounts once `budget` has passed), taking `items` in order, each account's rows older than its cutoff; prunes the idempotency keys of each
-/// account it finishes. One transaction serves many small accounts (a commit costs an fsync:
+/// new accounts once `budget` has passed), taking `items` in order, each account's rows older
+/// than its cutoff; prunes the idempotency keys of each account it finishes. One transaction serves many small accounts (a commit costs an fsync:
 /// a transaction per account made sweeping 1,000 accounts several times slower than the
 /// deletes themselves). Returns the progress of each account it reached, in order.
 pub async fn sweep_step(
