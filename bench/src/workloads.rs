@@ -699,7 +699,6 @@ impl Raw {
 const PAGE: i32 = 100;
 const COLUMNS: &str = "id, account_id, ts, request_id, api_key_id, api_key_name, api_key_prefix, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent, duration_ms";
 
-/// W3: pages of the biggest account, through ListLogs and by hand-written SQL.
 /// Waits until the server's background indexer has copied every row into the search index
 /// (the watermark reaches the newest id); returns the seconds it took.
 pub(crate) async fn wait_for_search_index(db: &BenchDb) -> Result<f64, String> {
@@ -729,6 +728,7 @@ pub(crate) async fn wait_for_search_index(db: &BenchDb) -> Result<f64, String> {
     }
 }
 
+/// W3: pages of the biggest account, through ListLogs and by hand-written SQL.
 pub(crate) async fn list(ctx: &Context, db: &BenchDb) -> Result<Vec<Figure>, String> {
     let server = ServerProcess::start(&ctx.binary, &db.url, &ctx.dir.join("list.log"), &[]).await?;
     // W3 measures the index, not the unindexed tail the ingest run may have left behind.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use reqlog_client::pb::export_logs_response::Payload;
 use reqlog_client::{ClientError, pb};
 use reqlog_service::domain::export::Rfc3339Millis;
+use reqlog_service::store::export::EXPORT_APPLICATION_NAME;
 use reqlog_tests::{
     Backend, LOG_FIELDS, TestServer, backend_tests, now_seconds, record, violated_fields,
 };
@@ -892,13 +893,17 @@ async fn wait_for_idle_pool(db: &DatabaseConnection) {
 async fn open_transactions(db: &DatabaseConnection, idle_only: bool) -> i64 {
     let sql = if idle_only {
         "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
-         AND application_name = 'reqlog export' AND state LIKE 'idle in transaction%'"
+         AND application_name = $1 AND state LIKE 'idle in transaction%'"
     } else {
         "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
-         AND application_name = 'reqlog export' AND xact_start IS NOT NULL"
+         AND application_name = $1 AND xact_start IS NOT NULL"
     };
     let row = db
-        .query_one(Statement::from_string(db.get_database_backend(), sql))
+        .query_one(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            sql,
+            [EXPORT_APPLICATION_NAME.into()],
+        ))
         .await
         .expect("pg_stat_activity")
         .expect("a row");
@@ -1098,13 +1103,14 @@ async fn database_failure_mid_stream_ends_in_an_error(backend: Backend) {
     loop {
         let row = server
             .db
-            .query_one(Statement::from_string(
+            .query_one(Statement::from_sql_and_values(
                 server.db.get_database_backend(),
                 // In the select list, not the WHERE clause: there the planner may call it
                 // for other databases' sessions before filtering them out.
                 "SELECT COUNT(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
                  WHERE datname = current_database() AND state LIKE 'idle in transaction%' \
-                 AND application_name = 'reqlog export'",
+                 AND application_name = $1",
+                [EXPORT_APPLICATION_NAME.into()],
             ))
             .await
             .expect("terminate the export's session")

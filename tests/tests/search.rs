@@ -25,6 +25,21 @@ fn marked(n: usize, marker: &str) -> pb::RequestRecord {
     record
 }
 
+/// Purges a key of the test account; returns the rows deleted.
+async fn purge(server: &TestServer, api_key_id: &str) -> i64 {
+    server
+        .client
+        .admin()
+        .purge_for_key(pb::PurgeForKeyRequest {
+            account_id: ACCOUNT.into(),
+            api_key_id: api_key_id.into(),
+        })
+        .await
+        .expect("purge")
+        .into_inner()
+        .deleted_count
+}
+
 async fn record_all(server: &TestServer, records: Vec<pb::RequestRecord>) {
     for chunk in records.chunks(1000) {
         let response = server
@@ -129,18 +144,7 @@ async fn purged_rows_leave_the_search_index(backend: Backend) {
     record_all(&server, records).await;
     search::index_pending(&server.db).await.expect("index");
     assert_eq!(index_rows_holding(&server, "haystack").await, 30);
-    let purged = server
-        .client
-        .admin()
-        .purge_for_key(pb::PurgeForKeyRequest {
-            account_id: ACCOUNT.into(),
-            api_key_id: "key_1".into(),
-        })
-        .await
-        .expect("purge")
-        .into_inner()
-        .deleted_count;
-    assert_eq!(purged, 10);
+    assert_eq!(purge(&server, "key_1").await, 10);
     assert_eq!(index_rows_holding(&server, "haystack").await, 20);
     assert_index_consistent(&server).await;
     let found = search_all(&server, "haystack", 7).await;
@@ -177,30 +181,14 @@ async fn rows_purged_before_indexing_never_reach_the_index(backend: Backend) {
     // background indexer may or may not have run in between: both must hold).
     let records: Vec<_> = (0..30).map(|n| marked(n, "pinecone")).collect();
     record_all(&server, records).await;
-    server
-        .client
-        .admin()
-        .purge_for_key(pb::PurgeForKeyRequest {
-            account_id: ACCOUNT.into(),
-            api_key_id: "key_1".into(),
-        })
-        .await
-        .expect("purge");
+    purge(&server, "key_1").await;
     search::index_pending(&server.db).await.expect("index");
     assert_index_consistent(&server).await;
     assert_eq!(index_rows_holding(&server, "pinecone").await, 20);
     let found = search_all(&server, "pinecone", 100).await;
     assert_eq!(found.len(), 20);
     // Deleting rows that were indexed leaves the index consistent too.
-    server
-        .client
-        .admin()
-        .purge_for_key(pb::PurgeForKeyRequest {
-            account_id: ACCOUNT.into(),
-            api_key_id: "key_2".into(),
-        })
-        .await
-        .expect("purge");
+    purge(&server, "key_2").await;
     assert_index_consistent(&server).await;
     assert_eq!(index_rows_holding(&server, "pinecone").await, 10);
     assert_eq!(search_all(&server, "pinecone", 100).await.len(), 10);

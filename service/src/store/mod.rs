@@ -176,6 +176,13 @@ pub async fn begin_write(db: &impl TransactionTrait) -> Result<DatabaseTransacti
     Ok(txn)
 }
 
+/// `values` as one JSON text parameter, for statements that unpack it (`json_each`,
+/// `json_array_elements`) instead of binding a variable per value.
+pub(crate) fn json_param<T: serde::Serialize>(values: &[T]) -> Result<String, StoreError> {
+    serde_json::to_string(values)
+        .map_err(|error| StoreError::Database(DbErr::Custom(error.to_string())))
+}
+
 /// A migrated SQLite database in a temporary directory, for the store's unit tests; the
 /// directory lives as long as the returned guard.
 #[cfg(test)]
