@@ -250,6 +250,7 @@ async fn delete_batch(
         }
         _ => {
             // The rows leave the search index in the same statement.
+            super::search::exclude_indexer(txn).await?;
             batch.column(C::Id);
             let (batch_sql, values) = batch.build(sea_orm::sea_query::PostgresQueryBuilder);
             let row = txn

@@ -87,6 +87,18 @@ fn quoted_trigrams(term: &str) -> Vec<String> {
         .collect()
 }
 
+/// Orders a PostgreSQL transaction that deletes rows against the indexer: it waits for a
+/// running indexer chunk, and no chunk starts until it ends. Without it a chunk that read a
+/// row before the delete committed copied it after the delete had removed the row's (not yet
+/// existing) entry, and the copy of a purged row's text stayed in `log_search`.
+pub async fn exclude_indexer(txn: &impl ConnectionTrait) -> Result<(), StoreError> {
+    txn.execute_unprepared(&format!(
+        "SELECT pg_advisory_xact_lock_shared({INDEXER_LOCK})"
+    ))
+    .await?;
+    Ok(())
+}
+
 /// Copies rows committed since the last run into `log_search`; returns how many (another
 /// replica may have copied some of them). When it returns, every row committed before the
 /// call is in the index.
