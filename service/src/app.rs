@@ -79,6 +79,11 @@ fn check_config(config: &Config) -> Result<(), AppError> {
             config.listen
         )));
     }
+    if config.sqlite_checkpoint_interval.is_zero() {
+        return Err(AppError::Config(
+            "--sqlite-checkpoint-interval must be longer than 0".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -246,7 +251,9 @@ impl Application {
 
         let checkpointer = tokio::spawn(store::checkpoint_forever(
             db.clone(),
-            std::time::Duration::from_millis(500),
+            writer.clone(),
+            config.sqlite_checkpoint_interval,
+            config.sqlite_wal_restart_frames,
         ));
         // Copies new rows into the search index off the ingest path.
         let search_indexer = tokio::spawn(store::search::index_forever(
@@ -343,17 +350,20 @@ impl Application {
             );
         // Aborted again after the drain, in case the grace period cut the drain short.
         let search_indexer_abort = search_indexer.abort_handle();
+        let checkpointer_abort = checkpointer.abort_handle();
         let drain = async move {
             server.await?;
             // The services (and with them every writer handle) are dropped: the writer
-            // drains its queue, answers, and ends. The sweeper and the search indexer hold
-            // handles too: stop them first.
+            // drains its queue, answers, and ends. The sweeper, the search indexer and the
+            // checkpointer hold handles too: stop them first.
             if let Some(sweeper) = sweeper {
                 sweeper.abort();
                 let _ = sweeper.await;
             }
             search_indexer.abort();
             let _ = search_indexer.await;
+            checkpointer.abort();
+            let _ = checkpointer.await;
             if let Err(error) = writer_task.await {
                 tracing::error!(%error, "writer task failed");
             }
@@ -369,7 +379,7 @@ impl Application {
             }
         };
         monitor.abort();
-        checkpointer.abort();
+        checkpointer_abort.abort();
         search_indexer_abort.abort();
         if let Some(reloader) = reloader {
             reloader.abort();

@@ -744,3 +744,52 @@ async fn ingest_waits_for_another_writer_instead_of_failing(backend: Backend) {
     assert_eq!(all_rows(&server, "acct_wait").await.len(), 1);
     server.shutdown().await;
 }
+
+/// SQLite: a checkpoint beside a writer that commits back to back never catches up with it,
+/// and the WAL only starts over once every frame in it was copied, so without the writer
+/// finishing the checkpoint between two groups the WAL held every page ever written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sqlite_wal_stays_bounded_under_sustained_ingest() {
+    let Some(server) = TestServer::start_with(Backend::Sqlite, |config| {
+        config.sqlite_wal_restart_frames = 64;
+        config.sqlite_checkpoint_interval = std::time::Duration::from_millis(10);
+    })
+    .await
+    else {
+        return;
+    };
+    let (callers, batches, batch_size) = (4, 75, 100);
+    let mut calls = Vec::new();
+    for caller in 0..callers {
+        let client = server.client.clone();
+        calls.push(tokio::spawn(async move {
+            for batch in 0..batches {
+                let first = (caller * batches + batch) * batch_size;
+                // Many accounts, so each commit writes many pages.
+                let records = (first..first + batch_size)
+                    .map(|n| record(&format!("acct_wal_{}", n % 300), n))
+                    .collect();
+                let response = client.record_batch(records).await.expect("record_batch");
+                assert_eq!(response.accepted as usize, batch_size);
+            }
+        }));
+    }
+    for call in calls {
+        call.await.expect("caller task");
+    }
+    let file = server.test_db.sqlite_file().expect("an SQLite file");
+    let size = |path: &std::path::Path| std::fs::metadata(path).map_or(0, |meta| meta.len());
+    let (database, wal) = (size(&file), size(&file.with_extension("db-wal")));
+    eprintln!("database {database} bytes, WAL {wal} bytes");
+    // Every page of the database file was written through the WAL first: a WAL that never
+    // starts over is at least as large as the database.
+    assert!(
+        database > 4 << 20,
+        "too little was written: {database} bytes"
+    );
+    assert!(
+        wal < database / 2,
+        "the WAL grew to {wal} bytes beside a {database}-byte database"
+    );
+    server.shutdown().await;
+}

@@ -230,3 +230,19 @@ async fn a_non_loopback_listen_address_is_refused_without_access_control() {
         .expect_err("must not start");
     assert!(error.to_string().contains("0.0.0.0"), "{error}");
 }
+
+#[tokio::test]
+async fn a_zero_checkpoint_interval_is_refused() {
+    let test_db = TestDb::create(Backend::Sqlite)
+        .await
+        .expect("sqlite always works");
+    let mut config = test_config(&test_db.url);
+    config.sqlite_checkpoint_interval = Duration::ZERO;
+    let error = Application::build(&config)
+        .await
+        .expect_err("must not start");
+    assert!(
+        error.to_string().contains("--sqlite-checkpoint-interval"),
+        "{error}"
+    );
+}
