@@ -199,8 +199,15 @@ pub(crate) async fn purge(ctx: &Context) -> Result<Vec<Figure>, String> {
     })
     .await?;
     let baseline_db = copy(ctx, &db, "purge_baseline").await?;
-    let server =
-        ServerProcess::start(&ctx.binary, &db.url, &ctx.dir.join("purge.log"), &[]).await?;
+    // The purge and the sweep are single calls timed whole: the server's default deadline
+    // (60 s) cut a PostgreSQL sweep of 450k rows short on a slow day.
+    let server = ServerProcess::start(
+        &ctx.binary,
+        &db.url,
+        &ctx.dir.join("purge.log"),
+        &["--request-timeout", "0"],
+    )
+    .await?;
     // Purge and sweep measured in the steady state, not racing the indexer's backlog.
     let catch_up = crate::workloads::wait_for_search_index(&db).await?;
     eprintln!("W5: search index caught up {catch_up:.1} s after the server started");
