@@ -782,13 +782,14 @@ async fn the_sqlite_wal_stays_bounded_under_sustained_ingest() {
     let (database, wal) = (size(&file), size(&file.with_extension("db-wal")));
     eprintln!("database {database} bytes, WAL {wal} bytes");
     // Every page of the database file was written through the WAL first: a WAL that never
-    // starts over is at least as large as the database.
+    // starts over is at least as large as the database (it grew to 14 times its size here
+    // with the writer's part of the checkpoint switched off).
     assert!(
         database > 4 << 20,
         "too little was written: {database} bytes"
     );
     assert!(
-        wal < database / 2,
+        wal < database,
         "the WAL grew to {wal} bytes beside a {database}-byte database"
     );
     server.shutdown().await;
