@@ -161,16 +161,15 @@ pub async fn checkpoint_forever(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let result = match checkpoint(&db).await {
-            Ok(frames) if frames >= restart_frames => {
+        let result = async {
+            if checkpoint(&db).await? >= restart_frames {
                 writer
                     .run(|db| async move { checkpoint(&db).await.map(drop) })
-                    .await
+                    .await?;
             }
-            Ok(_) => Ok(()),
-            Err(error) => Err(error),
+            Ok::<_, StoreError>(())
         };
-        if let Err(error) = result {
+        if let Err(error) = result.await {
             tracing::warn!(%error, "wal checkpoint failed");
         }
     }
