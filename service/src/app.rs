@@ -278,11 +278,15 @@ impl Application {
             },
             ip_hasher: ip_hasher.clone(),
         });
+        // Fired when the shutdown begins: starts the grace period's clock, and stops purges
+        // and sweeps after the batch in hand.
+        let (stopping, grace_clock) = Ending::new();
         let lifecycle = Lifecycle::new(
             db.clone(),
             writer.clone(),
             config.default_plan,
             config.delete_batch_rows,
+            grace_clock.clone(),
         );
         let sweeper = (!config.sweep_interval.is_zero())
             .then(|| tokio::spawn(lifecycle.clone().run_periodic(config.sweep_interval)));
@@ -296,8 +300,6 @@ impl Application {
         // Health and reflection stay outside: probes and tools need no token.
         let guard = AuthInterceptor::new(authenticator);
 
-        // Fired when the shutdown begins: starts the grace period's clock.
-        let (stopping, mut grace_clock) = Ending::new();
         let shutdown_reporter = reporter.clone();
         let grace = config.shutdown_grace;
         let shutdown = async move {
@@ -306,6 +308,7 @@ impl Application {
             stopping.fire();
             set_all(&shutdown_reporter, ServingStatus::NotServing).await;
         };
+        let mut grace_clock = grace_clock;
         let grace_over = async move {
             grace_clock.fired().await;
             tokio::time::sleep(grace / 2).await;
@@ -355,9 +358,10 @@ impl Application {
             server.await?;
             // The services (and with them every writer handle) are dropped: the writer
             // drains its queue, answers, and ends. The sweeper, the search indexer and the
-            // checkpointer hold handles too: stop them first.
+            // checkpointer hold handles too: stop them first. The sweeper (like a purge or
+            // sweep a caller left running) ends by itself: it saw the shutdown begin and
+            // records what it did.
             if let Some(sweeper) = sweeper {
-                sweeper.abort();
                 let _ = sweeper.await;
             }
             search_indexer.abort();

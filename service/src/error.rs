@@ -32,6 +32,9 @@ pub enum Error {
     /// A known caller outside its role or accounts.
     #[error("{0}")]
     PermissionDenied(String),
+    /// The server cannot finish the call now (e.g. it is shutting down); retrying may.
+    #[error("{0}")]
+    Unavailable(String),
     /// A storage failure.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -90,6 +93,7 @@ impl From<Error> for Status {
             ),
             Error::Unauthenticated(_) => Status::unauthenticated(message),
             Error::PermissionDenied(_) => Status::permission_denied(message),
+            Error::Unavailable(_) => Status::unavailable(message),
             Error::Store(StoreError::Unavailable(reason)) => {
                 tracing::warn!(%reason, "database unavailable");
                 Status::unavailable("database unavailable, retry later")

@@ -5,6 +5,7 @@ use std::time::Duration;
 use reqlog_client::{ClientError, pb};
 use reqlog_service::domain::lifecycle::Plan;
 use reqlog_tests::{Backend, TestServer, backend_tests, now_seconds, record};
+use tonic::Code;
 
 backend_tests!(
     purge_removes_a_key_and_refuses_it_later,
@@ -15,6 +16,9 @@ backend_tests!(
     preview_tells_what_a_window_would_remove,
     statistics_bucket_by_hour_and_day_and_survive_deletes,
     key_status_follows_upserts_and_expiry,
+    a_purge_outlives_its_callers_deadline,
+    a_shutdown_stops_a_purge_and_the_next_sweep_finishes_it,
+    a_shutdown_stops_a_sweep_and_the_next_sweep_finishes_it,
 );
 
 const DAY: i64 = 86_400;
@@ -573,5 +577,232 @@ async fn key_status_follows_upserts_and_expiry(backend: Backend) {
         .await
         .expect_err("unspecified");
     assert_eq!(reqlog_tests::violated_fields(&bad), vec!["status"]);
+    server.shutdown().await;
+}
+
+/// Records `rows` rows of `key`, `age_seconds` old, numbered from `first`.
+async fn seed_key(
+    server: &TestServer,
+    account: &str,
+    key: &str,
+    age_seconds: i64,
+    (first, rows): (usize, usize),
+) {
+    let numbers: Vec<usize> = (first..first + rows).collect();
+    for chunk in numbers.chunks(1_000) {
+        let records = chunk
+            .iter()
+            .map(|&n| aged(account, key, age_seconds, n))
+            .collect();
+        server.client.record_batch(records).await.expect("seed");
+    }
+}
+
+/// The account's activity entries of `action`, newest first.
+async fn activity_of(
+    server: &TestServer,
+    account: &str,
+    action: pb::ActivityAction,
+) -> Vec<pb::ActivityEntry> {
+    let entries = server
+        .client
+        .admin()
+        .list_activity(pb::ListActivityRequest {
+            account_id: account.into(),
+            page_size: 1_000,
+            ..Default::default()
+        })
+        .await
+        .expect("list activity")
+        .into_inner()
+        .entries;
+    entries
+        .into_iter()
+        .filter(|entry| entry.action == action as i32)
+        .collect()
+}
+
+async fn row_count(server: &TestServer, account: &str) -> i64 {
+    server
+        .client
+        .list_logs(pb::ListLogsRequest {
+            account_id: account.into(),
+            page_size: 1,
+            include_total_size: true,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .total_size
+}
+
+/// Rows deleted 10 a transaction: a purge or sweep of thousands takes a few hundred commits.
+fn slow_deletes(config: &mut reqlog_service::config::Config) {
+    config.sweep_interval = Duration::ZERO;
+    config.delete_batch_rows = 10;
+}
+
+/// Stops the server a moment into `call` (2,000 commits take seconds) and returns its
+/// database; the call, stopped by the shutdown, must answer UNAVAILABLE.
+async fn stop_during<T: std::fmt::Debug + Send + 'static>(
+    server: TestServer,
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send + 'static,
+) -> reqlog_tests::TestDb {
+    let call = tokio::spawn(call);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let test_db = server.stop().await;
+    let status = call
+        .await
+        .expect("the call should not panic")
+        .expect_err("a call stopped by shutdown is not a success");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("shutting down"), "{status:?}");
+    test_db
+}
+
+async fn a_purge_outlives_its_callers_deadline(backend: Backend) {
+    let Some(server) = TestServer::start_with(backend, slow_deletes).await else {
+        return;
+    };
+    let account = "acct_deadline";
+    seed_key(&server, account, "k_gone", 60, (0, 3_000)).await;
+    seed_key(&server, account, "k_kept", 60, (3_000, 10)).await;
+    let mut request = tonic::Request::new(pb::PurgeForKeyRequest {
+        account_id: account.into(),
+        api_key_id: "k_gone".into(),
+    });
+    request.set_timeout(Duration::from_millis(50));
+    let status = server
+        .client
+        .admin()
+        .purge_for_key(request)
+        .await
+        .expect_err("300 commits outlast a 50 ms deadline");
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    // The caller is gone; the purge is not.
+    let mut recorded = Vec::new();
+    for _ in 0..600 {
+        recorded = activity_of(&server, account, pb::ActivityAction::PurgeForKey).await;
+        if !recorded.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let [entry] = recorded.as_slice() else {
+        panic!("one purge entry expected once the purge ends, got {recorded:?}");
+    };
+    assert_eq!(
+        (
+            entry.api_key_id.as_str(),
+            entry.rows_affected,
+            entry.detail.as_str()
+        ),
+        ("k_gone", 3_000, "")
+    );
+    let left = ids(&server, account).await;
+    assert_eq!(left.len(), 10);
+    assert!(left.iter().all(|row| row.api_key_id == "k_kept"));
+    server.shutdown().await;
+}
+
+async fn a_shutdown_stops_a_purge_and_the_next_sweep_finishes_it(backend: Backend) {
+    let Some(server) = TestServer::start_with(backend, slow_deletes).await else {
+        return;
+    };
+    let account = "acct_stopped_purge";
+    seed_key(&server, account, "k_gone", 60, (0, 20_000)).await;
+    seed_key(&server, account, "k_kept", 60, (20_000, 5)).await;
+    let mut admin = server.client.admin();
+    let test_db = stop_during(server, async move {
+        admin
+            .purge_for_key(pb::PurgeForKeyRequest {
+                account_id: account.into(),
+                api_key_id: "k_gone".into(),
+            })
+            .await
+    })
+    .await;
+
+    let server = TestServer::start_on(test_db, |c| c.sweep_interval = Duration::ZERO).await;
+    let stopped = activity_of(&server, account, pb::ActivityAction::PurgeForKey).await;
+    let [stopped] = stopped.as_slice() else {
+        panic!("the stopped purge should be recorded once, got {stopped:?}");
+    };
+    assert_eq!(stopped.detail, "interrupted=shutdown");
+    let first = stopped.rows_affected;
+    assert!(
+        (1..20_000).contains(&first),
+        "deleted {first} before stopping"
+    );
+    assert_eq!(row_count(&server, account).await, 20_005 - first);
+
+    // Nothing is old enough to go by age; what the purge left goes all the same.
+    assert_eq!(sweep(&server, account).await.deleted_count, 0);
+    let entries = activity_of(&server, account, pb::ActivityAction::PurgeForKey).await;
+    let [finished, _] = entries.as_slice() else {
+        panic!("the sweep should record the purge it finished, got {entries:?}");
+    };
+    assert_eq!(
+        (
+            finished.api_key_id.as_str(),
+            finished.rows_affected,
+            finished.detail.as_str()
+        ),
+        (
+            "k_gone",
+            20_000 - first,
+            "trigger=manual finished_by=retention_sweep"
+        )
+    );
+    let left = ids(&server, account).await;
+    assert_eq!(left.len(), 5);
+    assert!(left.iter().all(|row| row.api_key_id == "k_kept"));
+    // A second sweep finds nothing left to finish and records no purge.
+    sweep(&server, account).await;
+    assert_eq!(
+        activity_of(&server, account, pb::ActivityAction::PurgeForKey)
+            .await
+            .len(),
+        2
+    );
+    server.shutdown().await;
+}
+
+async fn a_shutdown_stops_a_sweep_and_the_next_sweep_finishes_it(backend: Backend) {
+    let Some(server) = TestServer::start_with(backend, slow_deletes).await else {
+        return;
+    };
+    let account = "acct_stopped_sweep";
+    // The default plan (Free) keeps a day.
+    seed_key(&server, account, "k", 2 * DAY, (0, 20_000)).await;
+    seed_key(&server, account, "k", 60, (20_000, 5)).await;
+    let mut admin = server.client.admin();
+    let test_db = stop_during(server, async move {
+        admin
+            .run_retention_sweep(pb::RunRetentionSweepRequest {
+                account_id: account.into(),
+            })
+            .await
+    })
+    .await;
+
+    let server = TestServer::start_on(test_db, |c| c.sweep_interval = Duration::ZERO).await;
+    let stopped = activity_of(&server, account, pb::ActivityAction::RetentionSweep).await;
+    let [stopped] = stopped.as_slice() else {
+        panic!("the stopped sweep should be recorded once, got {stopped:?}");
+    };
+    assert!(
+        stopped.detail.ends_with("interrupted=shutdown"),
+        "{stopped:?}"
+    );
+    let first = stopped.rows_affected;
+    assert!(first < 20_000, "deleted {first} before stopping");
+    assert_eq!(row_count(&server, account).await, 20_005 - first);
+    let rest = sweep(&server, account).await;
+    assert_eq!(rest.deleted_count, 20_000 - first);
+    assert_eq!(row_count(&server, account).await, 5);
     server.shutdown().await;
 }

@@ -112,6 +112,20 @@ pub struct HashIpArgs {
     pub account: Option<String>,
 }
 
+/// A purge or sweep goes on when its caller stops waiting (`--timeout`): say so beside the
+/// error, so that nobody takes it for undone.
+fn left_running(status: tonic::Status, what: &str) -> reqlog_client::ClientError {
+    if matches!(
+        status.code(),
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+    ) {
+        eprintln!(
+            "note: the {what} goes on on the server; its activity entry appears when it is done"
+        );
+    }
+    status.into()
+}
+
 pub(super) async fn purge(args: PurgeArgs) -> Result<(), CliError> {
     let client = args.connect.client()?;
     let response = client
@@ -121,7 +135,7 @@ pub(super) async fn purge(args: PurgeArgs) -> Result<(), CliError> {
             api_key_id: args.api_key_id,
         })
         .await
-        .map_err(reqlog_client::ClientError::from)?
+        .map_err(|status| left_running(status, "purge"))?
         .into_inner();
     println!("purged: {} rows deleted", response.deleted_count);
     Ok(())
@@ -135,7 +149,7 @@ pub(super) async fn sweep(args: SweepArgs) -> Result<(), CliError> {
             account_id: args.account_id.unwrap_or_default(),
         })
         .await
-        .map_err(reqlog_client::ClientError::from)?
+        .map_err(|status| left_running(status, "sweep"))?
         .into_inner();
     for account in &response.accounts {
         println!(

@@ -73,27 +73,21 @@ impl AdminService for AdminApi {
         let principal = auth::authorize(&request, Action::Admin, &request.get_ref().account_id)?;
         let request = request.into_inner();
         key_ids(&request.account_id, &request.api_key_id)?;
-        let deleted = self
+        let purge = self
             .lifecycle
-            .purge(&request.account_id, &request.api_key_id)
+            .purge_recorded(&principal.name, &request.account_id, &request.api_key_id)
             .await
             .map_err(Error::from)?;
-        tracing::info!(deleted, "purged key");
-        // The action is done; a failure to record it is still the call's failure, so that
-        // no purge goes unrecorded without the caller knowing (a retry purges 0 and records).
-        self.lifecycle
-            .record_activity(vec![activity_entry(
-                &principal.name,
-                ActivityAction::PurgeForKey,
-                &request.account_id,
-                &request.api_key_id,
-                deleted,
-                String::new(),
-            )])
-            .await
-            .map_err(Error::from)?;
+        if purge.interrupted {
+            return Err(Error::Unavailable(format!(
+                "the server is shutting down: {} rows of the key were deleted; call again to \
+                 finish (the next retention sweep also finishes it)",
+                purge.deleted
+            ))
+            .into());
+        }
         Ok(Response::new(pb::PurgeForKeyResponse {
-            deleted_count: i64::try_from(deleted).unwrap_or(i64::MAX),
+            deleted_count: i64::try_from(purge.deleted).unwrap_or(i64::MAX),
         }))
     }
 
@@ -193,12 +187,21 @@ impl AdminService for AdminApi {
             validate_account_id("account_id", &account).map_err(invalid)?;
         }
         let only = (!account.is_empty()).then_some(account.as_str());
-        let report = self.lifecycle.sweep(only).await.map_err(Error::from)?;
-        self.lifecycle
-            .record_sweep(&principal.name, only, &report)
+        let report = self
+            .lifecycle
+            .sweep_recorded(&principal.name, only)
             .await
             .map_err(Error::from)?;
+        if report.interrupted {
+            return Err(Error::Unavailable(format!(
+                "the server is shutting down: the sweep deleted {} rows before it stopped; \
+                 the next sweep finishes it",
+                report.deleted()
+            ))
+            .into());
+        }
         let accounts: Vec<pb::AccountSweepResult> = report
+            .accounts
             .into_iter()
             .map(|swept| pb::AccountSweepResult {
                 account_id: swept.account_id,

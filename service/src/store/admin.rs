@@ -409,6 +409,36 @@ pub async fn accounts_with_rows(db: &impl ConnectionTrait) -> Result<Vec<String>
         .await?)
 }
 
+/// Purged keys (of one account, or of all) that still hold rows: a purge the server's
+/// shutdown cut short. The key index answers each key's check.
+pub async fn purged_keys_with_rows(
+    db: &impl ConnectionTrait,
+    only: Option<&str>,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let mut has_rows = Query::select();
+    has_rows
+        .expr(Expr::val(1))
+        .from(log_entry::Entity)
+        .and_where(
+            Expr::col((log_entry::Entity, log_entry::Column::AccountId))
+                .equals((api_key::Entity, api_key::Column::AccountId)),
+        )
+        .and_where(
+            Expr::col((log_entry::Entity, log_entry::Column::ApiKeyId))
+                .equals((api_key::Entity, api_key::Column::ApiKeyId)),
+        );
+    let mut keys = api_key::Entity::find()
+        .select_only()
+        .column(api_key::Column::AccountId)
+        .column(api_key::Column::ApiKeyId)
+        .filter(api_key::Column::DeletedAt.is_not_null())
+        .filter(Expr::exists(has_rows));
+    if let Some(account_id) = only {
+        keys = keys.filter(api_key::Column::AccountId.eq(account_id));
+    }
+    Ok(keys.into_tuple::<(String, String)>().all(db).await?)
+}
+
 /// Rows of an account older than a cutoff: how many, and the oldest and newest timestamps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AgeCount {
