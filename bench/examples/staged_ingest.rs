@@ -53,10 +53,12 @@ type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
 /// Rows per ingest transaction: one `RecordRequests` call of the benchmark.
 const BATCH_ROWS: usize = 1_000;
-/// Rows one indexer transaction copies (`search::SQLITE_CHUNK_ROWS`); also the backlog at
-/// which the synchronous design runs the indexer.
+/// Rows one indexer transaction copies (the largest of `search::SQLITE_CHUNK_ROWS`, what the
+/// service copies under batch ingest); also the backlog at which the synchronous design runs
+/// the indexer.
 const INDEXER_CHUNK_ROWS: i64 = 10_000;
-/// FTS5 pages each indexer transaction merges first (`search::SQLITE_MERGE_PAGES`).
+/// FTS5 pages each indexer transaction merges first (a page per
+/// `search::SQLITE_ROWS_PER_MERGE_PAGE` rows of the chunk).
 const INDEXER_MERGE_PAGES: i64 = 500;
 /// Keys one request-id lookup carries (`writer::LOOKUP_CHUNK_KEYS`).
 const LOOKUP_CHUNK_KEYS: usize = 100;

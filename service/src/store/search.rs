@@ -38,14 +38,19 @@ const INDEXER_LOCK: i64 = 0x7265_716c_6f67_2001;
 pub const WATERMARK: &str = "search_indexed_through";
 /// Rows one PostgreSQL indexing transaction copies.
 const CHUNK_ROWS: i64 = 5_000;
-/// FTS5 pages one SQLite indexing transaction merges, about what a chunk writes.
-const SQLITE_MERGE_PAGES: u32 = 500;
-/// Rows one SQLite indexing transaction copies. It runs between two ingest groups (up to
-/// 10,000 rows each by default), so it must copy at least a group's worth to keep up under
-/// sustained ingest (2,000 fell behind: 7.9 s of backlog after 1M rows), and it holds the
-/// write lock meanwhile (FTS5 inserts ran at 90–125k rows/s in a 300k-row synthetic test),
-/// so it stays bounded.
-const SQLITE_CHUNK_ROWS: i64 = 10_000;
+/// Rows one SQLite indexing transaction copies: a sixteenth of the rows waiting, within
+/// these bounds. It runs as a job of the writer and every caller waits meanwhile (FTS5
+/// inserts run at ~100k rows/s), so it copies little when little waits: unary ingest at 64
+/// callers made a backlog of ~5,000 rows a second, and one chunk of it all took the p99 to
+/// 39–48 ms, 500-row chunks to 24–25 ms. Under batch ingest the backlog grows until a sixteenth
+/// of it matches a group, so the indexer keeps up (fixed 2,000-row chunks fell behind: 7.9 s
+/// of backlog after 1M rows).
+const SQLITE_CHUNK_ROWS: std::ops::RangeInclusive<i64> = 500..=10_000;
+/// The share of the waiting rows one chunk copies, as its divisor.
+const SQLITE_BACKLOG_SHARE: i64 = 16;
+/// Rows per FTS5 page merged: each chunk merges about what it writes (500 pages per 10,000
+/// rows), so merging keeps pace with copying at any chunk size.
+const SQLITE_ROWS_PER_MERGE_PAGE: i64 = 20;
 
 /// The text `log_search.doc` holds for a row of `log_entries` (SQL over its columns). Every
 /// searched free-text column is a substring of it, so a row whose column contains the term
@@ -117,6 +122,11 @@ async fn index_pending_sqlite(db: &DatabaseConnection) -> Result<u64, StoreError
     Ok(copied)
 }
 
+/// Rows the next SQLite chunk copies when `waiting` rows are not indexed yet.
+fn sqlite_chunk_rows(waiting: i64) -> i64 {
+    (waiting / SQLITE_BACKLOG_SHARE).clamp(*SQLITE_CHUNK_ROWS.start(), *SQLITE_CHUNK_ROWS.end())
+}
+
 /// Copies the next chunk of unindexed rows in one write transaction; `None` when there was
 /// nothing left to copy.
 async fn index_chunk_sqlite(db: &DatabaseConnection) -> Result<Option<u64>, StoreError> {
@@ -132,16 +142,18 @@ async fn index_chunk_sqlite(db: &DatabaseConnection) -> Result<Option<u64>, Stor
         .map(|row| row.try_get::<i64>("", "last_id"))
         .transpose()?
         .unwrap_or(0);
+    let chunk = sqlite_chunk_rows(last - from);
     // Merges segments left by earlier chunks and deletes (the table's automerge is off).
     txn.execute_unprepared(&format!(
-        "INSERT INTO log_search (log_search, rank) VALUES ('merge', {SQLITE_MERGE_PAGES})"
+        "INSERT INTO log_search (log_search, rank) VALUES ('merge', {})",
+        chunk / SQLITE_ROWS_PER_MERGE_PAGE
     ))
     .await?;
     if from >= last {
         txn.commit().await?;
         return Ok(None);
     }
-    let upto = (from + SQLITE_CHUNK_ROWS).min(last);
+    let upto = (from + chunk).min(last);
     let inserted = txn
         .execute(Statement::from_sql_and_values(
             backend,
@@ -272,6 +284,21 @@ async fn index_through_writer(writer: &Writer) -> Result<u64, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_are_a_sixteenth_of_the_backlog_within_bounds() {
+        // A second of unary ingest waits in 500-row chunks; batch ingest in larger ones.
+        assert_eq!(sqlite_chunk_rows(0), 500);
+        assert_eq!(sqlite_chunk_rows(5_000), 500);
+        assert_eq!(sqlite_chunk_rows(64_000), 4_000);
+        assert_eq!(sqlite_chunk_rows(5_000_000), 10_000);
+        // Each merges about what it writes, as 500 pages per 10,000 rows did.
+        assert_eq!(sqlite_chunk_rows(0) / SQLITE_ROWS_PER_MERGE_PAGE, 25);
+        assert_eq!(
+            sqlite_chunk_rows(i64::MAX) / SQLITE_ROWS_PER_MERGE_PAGE,
+            500
+        );
+    }
 
     #[test]
     fn a_term_becomes_the_and_of_its_distinct_trigrams() {
