@@ -280,7 +280,7 @@ impl Application {
         });
         // Fired when the shutdown begins: starts the grace period's clock, and stops purges
         // and sweeps after the batch in hand.
-        let (stopping, grace_clock) = Ending::new();
+        let (stopping, mut grace_clock) = Ending::new();
         let lifecycle = Lifecycle::new(
             db.clone(),
             writer.clone(),
@@ -308,7 +308,6 @@ impl Application {
             stopping.fire();
             set_all(&shutdown_reporter, ServingStatus::NotServing).await;
         };
-        let mut grace_clock = grace_clock;
         let grace_over = async move {
             grace_clock.fired().await;
             tokio::time::sleep(grace / 2).await;
