@@ -1060,6 +1060,7 @@ pub(crate) async fn storage(ctx: &Context, db: &BenchDb) -> Result<Vec<Figure>, 
                 "PRAGMA wal_checkpoint(TRUNCATE); VACUUM; PRAGMA wal_checkpoint(TRUNCATE);",
             )
             .map_err(|e| e.to_string())?;
+            print_sqlite_breakdown(&conn, ctx.rows).map_err(|e| e.to_string())?;
             drop(conn);
             let wal = file.with_extension("db-wal");
             std::fs::metadata(file).map(|m| m.len()).unwrap_or(0)
@@ -1080,6 +1081,7 @@ pub(crate) async fn storage(ctx: &Context, db: &BenchDb) -> Result<Vec<Figure>, 
                 .await
                 .map_err(|e| e.to_string())?
                 .ok_or("no size")?;
+            print_postgres_breakdown(&conn, ctx.rows).await?;
             conn.close().await.ok();
             row.try_get::<i64>("", "bytes").map_err(|e| e.to_string())? as u64
         }
@@ -1111,4 +1113,46 @@ pub(crate) async fn storage(ctx: &Context, db: &BenchDb) -> Result<Vec<Figure>, 
         per_row <= csv_per_row,
         "B/row",
     )])
+}
+
+/// Where W6's bytes are: each table and index, per row (SQLite's `dbstat`).
+fn print_sqlite_breakdown(conn: &rusqlite::Connection, rows: usize) -> rusqlite::Result<()> {
+    // FTS5's shadow tables are named after the index; one line for all of them.
+    let mut statement = conn.prepare(
+        "SELECT CASE WHEN name LIKE 'log_search%' THEN 'log_search (FTS5)' ELSE name END AS part,
+                SUM(pgsize) FROM dbstat GROUP BY part ORDER BY 2 DESC",
+    )?;
+    let parts = statement.query_map([], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+    })?;
+    for part in parts {
+        let (name, bytes) = part?;
+        eprintln!(
+            "W6: {name:<36} {:>8.1} B/row",
+            bytes as f64 / rows.max(1) as f64
+        );
+    }
+    Ok(())
+}
+
+/// Where W6's bytes are: each table with its indexes and TOAST, per row.
+async fn print_postgres_breakdown(conn: &DatabaseConnection, rows: usize) -> Result<(), String> {
+    let parts = conn
+        .query_all(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT c.relname AS part, CAST(pg_total_relation_size(c.oid) AS BIGINT) AS bytes \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'public' AND c.relkind = 'r' ORDER BY 2 DESC",
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+    for part in parts {
+        let name: String = part.try_get("", "part").map_err(|e| e.to_string())?;
+        let bytes: i64 = part.try_get("", "bytes").map_err(|e| e.to_string())?;
+        eprintln!(
+            "W6: {name:<36} {:>8.1} B/row",
+            bytes as f64 / rows.max(1) as f64
+        );
+    }
+    Ok(())
 }

@@ -289,9 +289,16 @@ impl MigrationTrait for Migration {
         // Usage statistics per UTC hour (`bucket_start` in seconds) and every dimension;
         // day buckets and coarser groups are sums of these rows. Updated in the same
         // transaction as the log rows, and never touched by purge or retention.
+        let mut usage_stats = Table::create();
+        if backend == DatabaseBackend::Sqlite {
+            // The counters are stored in their key's tree: with a rowid table SQLite kept
+            // the key twice (table and unique index, 59 + 53 B/row on 1M benchmark rows)
+            // and each upsert wrote both.
+            usage_stats.extra("WITHOUT ROWID");
+        }
         manager
             .create_table(
-                Table::create()
+                usage_stats
                     .table(UsageStats::Table)
                     .col(text(backend, UsageStats::AccountId).not_null())
                     .col(
