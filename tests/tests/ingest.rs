@@ -792,3 +792,65 @@ async fn the_sqlite_wal_stays_bounded_under_sustained_ingest() {
     );
     server.shutdown().await;
 }
+
+/// PostgreSQL: the writer's per-group lookups (deleted keys, stored request ids) stay index
+/// lookups under a generic plan of a table with no statistics yet, the state of a young
+/// database. As plain joins they were planned as a hash of the whole table, built by a
+/// sequential scan once per group.
+#[tokio::test]
+async fn postgres_ingest_lookups_probe_the_indexes() {
+    use reqlog_service::store::writer::{DELETED_KEYS_SQL, REQUEST_IDS_SQL};
+    use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
+    let Some(server) = TestServer::start(Backend::Postgres).await else {
+        return;
+    };
+    // Enough rows that a hash of the table looks cheap to a planner without statistics.
+    for batch in 0..4 {
+        let records = (0..500)
+            .map(|n| pb::RequestRecord {
+                request_id: format!("plan-{batch}-{n}"),
+                ..record("acct_plan", batch * 500 + n)
+            })
+            .collect();
+        server.client.record_batch(records).await.expect("batch");
+    }
+    let txn = server.db.begin().await.expect("begin");
+    txn.execute_unprepared("SET LOCAL plan_cache_mode = force_generic_plan")
+        .await
+        .expect("set");
+    for (name, sql, probe, table) in [
+        (
+            "deleted_keys",
+            DELETED_KEYS_SQL,
+            r#"[["acct_plan","key_1"]]"#,
+            "api_keys",
+        ),
+        (
+            "request_ids",
+            REQUEST_IDS_SQL,
+            r#"[[20000,"acct_plan","plan-0-1"]]"#,
+            "request_ids",
+        ),
+    ] {
+        txn.execute_unprepared(&format!("PREPARE {name}(json) AS {sql}"))
+            .await
+            .expect("prepare");
+        let plan = txn
+            .query_all(Statement::from_string(
+                txn.get_database_backend(),
+                format!("EXPLAIN EXECUTE {name}('{probe}')"),
+            ))
+            .await
+            .expect("explain")
+            .iter()
+            .map(|row| row.try_get::<String>("", "QUERY PLAN").expect("plan text"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            !plan.contains(&format!("Seq Scan on {table}")) && plan.contains("Index"),
+            "{name}: {plan}"
+        );
+    }
+    txn.rollback().await.expect("rollback");
+    server.shutdown().await;
+}

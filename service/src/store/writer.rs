@@ -313,6 +313,35 @@ fn clone_error(error: &StoreError) -> StoreError {
     }
 }
 
+/// PostgreSQL: which of a group's keys (a JSON array of `[account_id, api_key_id]`) are
+/// marked deleted; rows name their probe by 1-based position.
+///
+/// Each probe is its own index lookup: a LATERAL subquery with LIMIT 1 is never flattened into
+/// a join. As a plain join, the generic plan of a young or unanalysed table hashed the whole
+/// table by a sequential scan once per group (unary ingest, 20 s: 1,744 scans of
+/// `request_ids` reading 48.5M rows; 2.9k req/s against 7.5k–8.4k with lookups).
+pub const DELETED_KEYS_SQL: &str = r#"
+    SELECT w.n FROM json_array_elements($1::json) WITH ORDINALITY AS w(v, n)
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM api_keys k
+        WHERE k.account_id = (w.v->>0) COLLATE "C"
+          AND k.api_key_id = (w.v->>1) COLLATE "C"
+          AND k.deleted_at IS NOT NULL
+        LIMIT 1
+    ) k"#;
+
+/// PostgreSQL: the stored request ids among a group's probes (a JSON array of
+/// `[day, account_id, request_id]`), one index lookup each (see [`DELETED_KEYS_SQL`]).
+pub const REQUEST_IDS_SQL: &str = r#"
+    SELECT w.n, r.day, r.log_id FROM json_array_elements($1::json) WITH ORDINALITY AS w(v, n)
+    CROSS JOIN LATERAL (
+        SELECT r.day, r.log_id FROM request_ids r
+        WHERE r.day = (w.v->>0)::bigint
+          AND r.account_id = (w.v->>1) COLLATE "C"
+          AND r.request_id = (w.v->>2) COLLATE "C"
+        LIMIT 1
+    ) r"#;
+
 /// What the group decided for one record before ids exist.
 #[derive(Debug, Clone, Copy)]
 enum Decision {
@@ -432,10 +461,7 @@ async fn deleted_keys<'a>(
         let rows = txn
             .query_all(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                r#"SELECT w.n FROM json_array_elements($1::json) WITH ORDINALITY AS w(v, n)
-                   JOIN api_keys k ON k.account_id = (w.v->>0) COLLATE "C"
-                                  AND k.api_key_id = (w.v->>1) COLLATE "C"
-                   WHERE k.deleted_at IS NOT NULL"#,
+                DELETED_KEYS_SQL,
                 [super::json_param(&keys)?.into()],
             ))
             .await?;
@@ -507,11 +533,7 @@ async fn existing_request_ids<'a>(
         let rows = txn
             .query_all(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                r#"SELECT w.n, r.day, r.log_id
-                   FROM json_array_elements($1::json) WITH ORDINALITY AS w(v, n)
-                   JOIN request_ids r ON r.day = (w.v->>0)::bigint
-                                     AND r.account_id = (w.v->>1) COLLATE "C"
-                                     AND r.request_id = (w.v->>2) COLLATE "C""#,
+                REQUEST_IDS_SQL,
                 [super::json_param(&probe)?.into()],
             ))
             .await?;
