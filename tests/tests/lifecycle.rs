@@ -19,6 +19,7 @@ backend_tests!(
     a_purge_outlives_its_callers_deadline,
     a_shutdown_stops_a_purge_and_the_next_sweep_finishes_it,
     a_shutdown_stops_a_sweep_and_the_next_sweep_finishes_it,
+    a_sweep_forgets_the_request_ids_of_the_rows_it_deleted,
 );
 
 const DAY: i64 = 86_400;
@@ -804,5 +805,39 @@ async fn a_shutdown_stops_a_sweep_and_the_next_sweep_finishes_it(backend: Backen
     let rest = sweep(&server, account).await;
     assert_eq!(rest.deleted_count, 20_000 - first);
     assert_eq!(row_count(&server, account).await, 5);
+    server.shutdown().await;
+}
+
+async fn a_sweep_forgets_the_request_ids_of_the_rows_it_deleted(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let with_id = |account: &str, request_id: &str, age_days: i64| pb::RequestRecord {
+        request_id: request_id.into(),
+        ..aged(account, "k1", age_days * DAY, 1)
+    };
+    set_plan(&server, "acct_short", pb::Plan::Pro, Some(7)).await;
+    set_plan(&server, "acct_long", pb::Plan::Pro, Some(365)).await;
+    // "old" ids of both accounts share a day, so that only the account tells them apart.
+    for record in [
+        with_id("acct_short", "old", 30),
+        with_id("acct_short", "recent", 1),
+        with_id("acct_long", "old", 30),
+    ] {
+        let outcome = server.client.record(record).await.expect("record");
+        assert!(!outcome.duplicate);
+    }
+    let swept = sweep(&server, "").await;
+    assert_eq!(swept.deleted_count, 1, "{swept:?}");
+    // The swept row's id is forgotten with it: a retry stores it again.
+    let again = |account: &str, request_id: &str, age_days: i64| {
+        let record = with_id(account, request_id, age_days);
+        let client = server.client.clone();
+        async move { client.record(record).await.expect("record").duplicate }
+    };
+    assert!(!again("acct_short", "old", 30).await);
+    // Ids of rows that stay still guard them, in this account and in the other.
+    assert!(again("acct_short", "recent", 1).await);
+    assert!(again("acct_long", "old", 30).await);
     server.shutdown().await;
 }
