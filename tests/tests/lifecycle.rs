@@ -818,26 +818,21 @@ async fn a_sweep_forgets_the_request_ids_of_the_rows_it_deleted(backend: Backend
     };
     set_plan(&server, "acct_short", pb::Plan::Pro, Some(7)).await;
     set_plan(&server, "acct_long", pb::Plan::Pro, Some(365)).await;
-    // "old" ids of both accounts share a day, so that only the account tells them apart.
-    for record in [
-        with_id("acct_short", "old", 30),
-        with_id("acct_short", "recent", 1),
-        with_id("acct_long", "old", 30),
-    ] {
-        let outcome = server.client.record(record).await.expect("record");
-        assert!(!outcome.duplicate);
-    }
-    let swept = sweep(&server, "").await;
-    assert_eq!(swept.deleted_count, 1, "{swept:?}");
-    // The swept row's id is forgotten with it: a retry stores it again.
-    let again = |account: &str, request_id: &str, age_days: i64| {
+    let duplicate = |account: &str, request_id: &str, age_days: i64| {
         let record = with_id(account, request_id, age_days);
         let client = server.client.clone();
         async move { client.record(record).await.expect("record").duplicate }
     };
-    assert!(!again("acct_short", "old", 30).await);
+    // "old" ids of both accounts share a day, so that only the account tells them apart.
+    assert!(!duplicate("acct_short", "old", 30).await);
+    assert!(!duplicate("acct_short", "recent", 1).await);
+    assert!(!duplicate("acct_long", "old", 30).await);
+    let swept = sweep(&server, "").await;
+    assert_eq!(swept.deleted_count, 1, "{swept:?}");
+    // The swept row's id is forgotten with it: a retry stores it again.
+    assert!(!duplicate("acct_short", "old", 30).await);
     // Ids of rows that stay still guard them, in this account and in the other.
-    assert!(again("acct_short", "recent", 1).await);
-    assert!(again("acct_long", "old", 30).await);
+    assert!(duplicate("acct_short", "recent", 1).await);
+    assert!(duplicate("acct_long", "old", 30).await);
     server.shutdown().await;
 }
