@@ -728,6 +728,42 @@ pub(crate) async fn wait_for_search_index(db: &BenchDb) -> Result<f64, String> {
     }
 }
 
+/// SQLite: waits until the server's indexer has dropped the search postings of every deleted
+/// row (`log_search_removals` is empty); returns the seconds it took. PostgreSQL deletes
+/// them with the rows: `None`.
+pub(crate) async fn wait_for_search_removals(db: &BenchDb) -> Result<Option<f64>, String> {
+    let conn = Database::connect(&db.url)
+        .await
+        .map_err(|e| e.to_string())?;
+    if conn.get_database_backend() != DbBackend::Sqlite {
+        conn.close().await.ok();
+        return Ok(None);
+    }
+    let started = Instant::now();
+    loop {
+        let row = conn
+            .query_one(Statement::from_string(
+                DbBackend::Sqlite,
+                "SELECT EXISTS (SELECT 1 FROM log_search_removals) AS queued",
+            ))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no row")?;
+        if row
+            .try_get::<i32>("", "queued")
+            .map_err(|e| e.to_string())?
+            == 0
+        {
+            conn.close().await.ok();
+            return Ok(Some(started.elapsed().as_secs_f64()));
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            return Err("the search postings were not dropped in 30 minutes".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// W3: pages of the biggest account, through ListLogs and by hand-written SQL.
 pub(crate) async fn list(ctx: &Context, db: &BenchDb) -> Result<Vec<Figure>, String> {
     let server = ServerProcess::start(&ctx.binary, &db.url, &ctx.dir.join("list.log"), &[]).await?;

@@ -9,6 +9,7 @@ mod m20261122_000001_create_schema;
 mod m20261122_000002_activity;
 mod m20261122_000003_search_index;
 mod m20261124_000004_sqlite_search_index;
+mod m20261130_000005_sqlite_search_removals;
 
 /// Every reqlog migration, in order.
 #[derive(Debug)]
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_activity::Migration),
             Box::new(m20261122_000003_search_index::Migration),
             Box::new(m20261124_000004_sqlite_search_index::Migration),
+            Box::new(m20261130_000005_sqlite_search_removals::Migration),
         ]
     }
 }
