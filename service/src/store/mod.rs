@@ -147,7 +147,7 @@ pub async fn connect(options: &DbOptions) -> Result<DatabaseConnection, StoreErr
 /// SQLite starts the WAL over only once every frame in it has been copied: the WAL grew
 /// without bound (1.1 GB after 300k rows of batch ingest). So once it holds more than
 /// `restart_frames` (pages), the last frames are copied as a job of the writer, between two
-/// groups, when no commit can add any. Runs until the task is dropped.
+/// groups, when no commit can add any (see [`restart_wal`]). Runs until the task is dropped.
 pub async fn checkpoint_forever(
     db: DatabaseConnection,
     writer: writer::Writer,
@@ -162,10 +162,8 @@ pub async fn checkpoint_forever(
     loop {
         ticker.tick().await;
         let result = async {
-            if checkpoint(&db).await? >= restart_frames {
-                writer
-                    .run(|db| async move { checkpoint(&db).await.map(drop) })
-                    .await?;
+            if checkpoint(&db).await?.log >= restart_frames {
+                restart_wal(&db, &writer).await?;
             }
             Ok::<_, StoreError>(())
         };
@@ -175,8 +173,51 @@ pub async fn checkpoint_forever(
     }
 }
 
-/// One PASSIVE checkpoint; returns the frames in the WAL (-1 when not in WAL mode).
-async fn checkpoint(db: &DatabaseConnection) -> Result<i64, StoreError> {
+/// How often the frames committed while the restart job waits for its turn are copied.
+const RESTART_WAIT_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Copies the WAL's last frames on the writer, so that the next commit starts the WAL over.
+/// Every caller waits for that job, and it lasts as long as the frames it copies: behind a
+/// sweep's steps in the writer's queue it waited up to 190 ms while thousands of frames
+/// arrived, and took 22–57 ms. So until the job starts, the frames committed meanwhile are
+/// copied beside the writer, and the job copies about one group's.
+async fn restart_wal(db: &DatabaseConnection, writer: &writer::Writer) -> Result<(), StoreError> {
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let job_started = std::sync::Arc::clone(&started);
+    let job = writer.run(move |db| async move {
+        job_started.store(true, std::sync::atomic::Ordering::SeqCst);
+        // A checkpoint beside may still be running: a PASSIVE one then copies nothing.
+        for _ in 0..100 {
+            if !checkpoint(&db).await?.busy {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(())
+    });
+    tokio::pin!(job);
+    loop {
+        tokio::select! {
+            finished = &mut job => return finished,
+            () = tokio::time::sleep(RESTART_WAIT_CHECKPOINT_INTERVAL) => {
+                if !started.load(std::sync::atomic::Ordering::SeqCst) {
+                    checkpoint(db).await?;
+                }
+            }
+        }
+    }
+}
+
+/// What one checkpoint found.
+struct CheckpointStatus {
+    /// Another checkpoint was running, so this one copied nothing.
+    busy: bool,
+    /// Frames in the WAL (-1 when not in WAL mode).
+    log: i64,
+}
+
+/// One PASSIVE checkpoint.
+async fn checkpoint(db: &DatabaseConnection) -> Result<CheckpointStatus, StoreError> {
     let row = db
         .query_one(Statement::from_string(
             DbBackend::Sqlite,
@@ -184,8 +225,14 @@ async fn checkpoint(db: &DatabaseConnection) -> Result<i64, StoreError> {
         ))
         .await?;
     Ok(match row {
-        Some(row) => row.try_get("", "log")?,
-        None => -1,
+        Some(row) => CheckpointStatus {
+            busy: row.try_get::<i64>("", "busy")? != 0,
+            log: row.try_get("", "log")?,
+        },
+        None => CheckpointStatus {
+            busy: false,
+            log: -1,
+        },
     })
 }
 
