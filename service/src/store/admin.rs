@@ -202,51 +202,39 @@ async fn delete_batch(
     use log_entry::Column as C;
     match txn.get_database_backend() {
         DbBackend::Sqlite => {
-            batch.columns([C::AccountId, C::Ts, C::Id]);
-            let key = Expr::tuple([
-                Expr::col(C::AccountId).into(),
-                Expr::col(C::Ts).into(),
-                Expr::col(C::Id).into(),
-            ])
-            .in_subquery(batch);
-            let delete = Query::delete()
-                .from_table(log_entry::Entity)
-                .and_where(key)
-                .to_owned();
-            let (sql, values) = delete.build(sea_orm::sea_query::SqliteQueryBuilder);
+            // In key order, so that the two statements below choose the same rows (the
+            // callers' batches are one account's, read from an index in this order).
+            batch
+                .columns([C::AccountId, C::Ts, C::Id])
+                .order_by(C::Ts, Order::Asc)
+                .order_by(C::Id, Order::Asc);
+            let (batch_sql, values) = batch.build(sea_orm::sea_query::SqliteQueryBuilder);
+            let chosen = format!(r#"("account_id", "ts", "id") IN ({batch_sql})"#);
             // Stable while this transaction holds the write lock (the indexer writes too).
             let indexed_through = super::search::watermark(txn).await?;
-            let returned = txn
-                .query_all(Statement::from_sql_and_values(
+            // Queued for the indexer rather than dropped here: FTS5's per-row 'delete' was
+            // 40–50% of a purge, and every ingest caller waits for a writer job (see
+            // `search::drop_removed_sqlite`). Only rows the indexer copied have postings.
+            let mut queue_values = values.0.clone();
+            queue_values.push(indexed_through.into());
+            txn.execute(Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                format!(
+                    r#"INSERT INTO log_search_removals (id, doc) SELECT "id", {} FROM log_entries WHERE {chosen} AND "id" <= ?"#,
+                    super::search::doc_sql(DbBackend::Sqlite)
+                ),
+                queue_values,
+            ))
+            .await?;
+            let deleted = txn
+                .execute(Statement::from_sql_and_values(
                     DbBackend::Sqlite,
-                    format!(
-                        r#"{sql} RETURNING "id", {} AS "doc""#,
-                        super::search::doc_sql(DbBackend::Sqlite)
-                    ),
-                    values,
+                    format!("DELETE FROM log_entries WHERE {chosen}"),
+                    values.0,
                 ))
-                .await?;
-            let mut unindex = Vec::new();
-            for row in &returned {
-                let id: i64 = row.try_get("", "id")?;
-                if id <= indexed_through {
-                    unindex.push((id, row.try_get::<String>("", "doc")?));
-                }
-            }
-            if !unindex.is_empty() {
-                // Queued for the indexer rather than dropped here: FTS5's per-row 'delete'
-                // made a purge 3x and a sweep 1.9x the bare DELETE, and every ingest caller
-                // waits for a writer job (see `search::drop_removed_sqlite`).
-                txn.execute(Statement::from_sql_and_values(
-                    DbBackend::Sqlite,
-                    "INSERT INTO log_search_removals (id, doc) \
-                     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') \
-                     FROM json_each(?)",
-                    [super::json_param(&unindex)?.into()],
-                ))
-                .await?;
-            }
-            Ok(returned.len() as u64)
+                .await?
+                .rows_affected();
+            Ok(deleted)
         }
         _ => {
             // The rows leave the search index in the same statement.
