@@ -255,11 +255,14 @@ impl Application {
             config.sqlite_checkpoint_interval,
             config.sqlite_wal_restart_frames,
         ));
-        // Copies new rows into the search index off the ingest path.
+        // Copies new rows into the search index off the ingest path, and (SQLite) drops
+        // deleted rows' postings once no purge or sweep is running.
+        let deletes = store::search::DeletesRunning::default();
         let search_indexer = tokio::spawn(store::search::index_forever(
             db.clone(),
             writer.clone(),
             std::time::Duration::from_secs(1),
+            deletes.clone(),
         ));
 
         let reflection = tonic_reflection::server::Builder::configure()
@@ -287,6 +290,7 @@ impl Application {
             config.default_plan,
             config.delete_batch_rows,
             grace_clock.clone(),
+            deletes,
         );
         let sweeper = (!config.sweep_interval.is_zero())
             .then(|| tokio::spawn(lifecycle.clone().run_periodic(config.sweep_interval)));

@@ -23,6 +23,7 @@ use crate::shutdown::Ending;
 use crate::store::StoreError;
 use crate::store::activity::{self, NewActivity};
 use crate::store::admin::{self, AgeCount, SWEEP_LOCK_ID};
+use crate::store::search::DeletesRunning;
 use crate::store::writer::Writer;
 
 /// Accounts one sweep transaction visits at most: each costs a statement even when it has
@@ -108,17 +109,19 @@ pub struct Lifecycle {
     batch_rows: u64,
     sweeping: Arc<Mutex<()>>,
     stopping: Ending,
+    deletes: DeletesRunning,
 }
 
 impl Lifecycle {
     /// Lifecycle operations deleting `batch_rows` rows per transaction, stopping between
-    /// two transactions once `stopping` fires.
+    /// two transactions once `stopping` fires, and marking `deletes` while they delete.
     pub fn new(
         db: DatabaseConnection,
         writer: Writer,
         default_plan: Plan,
         batch_rows: u64,
         stopping: Ending,
+        deletes: DeletesRunning,
     ) -> Self {
         Self {
             db,
@@ -127,6 +130,7 @@ impl Lifecycle {
             batch_rows: batch_rows.max(1),
             sweeping: Arc::new(Mutex::new(())),
             stopping,
+            deletes,
         }
     }
 
@@ -173,6 +177,7 @@ impl Lifecycle {
         account_id: &str,
         api_key_id: &str,
     ) -> Result<Purge, StoreError> {
+        let _running = self.deletes.enter();
         let mut deleted = 0;
         loop {
             let (account, key, limit) = (
@@ -329,6 +334,7 @@ impl Lifecycle {
                 (item, retention)
             })
             .collect();
+        let _running = self.deletes.enter();
         let mut deleted = vec![0u64; items.len()];
         // Each step is one short transaction of at most `batch_rows` deletions, across as
         // many accounts as it takes; the next step starts at the first unfinished account.
