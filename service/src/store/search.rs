@@ -10,9 +10,10 @@
 //! `search_indexed_through` (in `settings`) is in `log_search`; rows above it (the newest, not
 //! yet indexed) are found by id and searched by walking them, so a query always sees every
 //! committed row. On SQLite a purge or sweep queues its indexed rows in
-//! `log_search_removals` and the indexer's chunks drop their postings later
-//! ([`drop_removed_sqlite`]); a posting of a deleted row names an id that no longer exists, and
-//! every candidate is re-checked against `log_entries`.
+//! `log_search_removals`, and the indexer's chunks drop their postings once no purge or
+//! sweep is running ([`drop_removed_sqlite`], [`DeletesRunning`]); a posting of a deleted row
+//! names an id that no longer exists, and every candidate is re-checked against
+//! `log_entries`.
 //!
 //! The watermark is safe because ids only become final at commit. PostgreSQL: every ingest
 //! transaction holds [`INGEST_BARRIER_LOCK`] shared (taken with its key locks, in the same
