@@ -213,7 +213,7 @@ async fn delete_batch(
             // Stable while this transaction holds the write lock (the indexer writes too).
             let indexed_through = super::search::watermark(txn).await?;
             // Queued for the indexer rather than dropped here: FTS5's per-row 'delete' was
-            // 40–50% of a purge, and every ingest caller waits for a writer job (see
+            // 37–47% of a purge, and every ingest caller waits for a writer job (see
             // `search::drop_removed_sqlite`). Only rows the indexer copied have postings.
             let mut queue_values = values.0.clone();
             queue_values.push(indexed_through.into());

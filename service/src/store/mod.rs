@@ -10,6 +10,8 @@ pub mod settings;
 pub mod writer;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use reqlog_migrations::{Migrator, MigratorTrait};
@@ -182,10 +184,10 @@ const RESTART_WAIT_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(10);
 /// arrived, and took 22–57 ms. So until the job starts, the frames committed meanwhile are
 /// copied beside the writer, and the job copies about one group's.
 async fn restart_wal(db: &DatabaseConnection, writer: &writer::Writer) -> Result<(), StoreError> {
-    let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let job_started = std::sync::Arc::clone(&started);
+    let started = Arc::new(AtomicBool::new(false));
+    let job_started = Arc::clone(&started);
     let job = writer.run(move |db| async move {
-        job_started.store(true, std::sync::atomic::Ordering::SeqCst);
+        job_started.store(true, Ordering::SeqCst);
         // A checkpoint beside may still be running: a PASSIVE one then copies nothing.
         for _ in 0..100 {
             if !checkpoint(&db).await?.busy {
@@ -200,7 +202,7 @@ async fn restart_wal(db: &DatabaseConnection, writer: &writer::Writer) -> Result
         tokio::select! {
             finished = &mut job => return finished,
             () = tokio::time::sleep(RESTART_WAIT_CHECKPOINT_INTERVAL) => {
-                if !started.load(std::sync::atomic::Ordering::SeqCst) {
+                if !started.load(Ordering::SeqCst) {
                     checkpoint(db).await?;
                 }
             }

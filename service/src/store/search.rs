@@ -192,7 +192,7 @@ async fn index_chunk_sqlite(
 /// Drops the postings of up to `limit` deleted rows, the oldest queued first, from the FTS5
 /// index and the queue; returns how many. Purge and sweep queue them (`admin::delete_batch`)
 /// because FTS5's 'delete' of a contentless table re-tokenizes the row's text, which was
-/// 40–50% of an SQLite purge's time. Until then a deleted row's postings name an id that no
+/// 37–47% of an SQLite purge's time. Until then a deleted row's postings name an id that no
 /// longer exists, and every candidate is re-checked against `log_entries`.
 async fn drop_removed_sqlite(txn: &impl ConnectionTrait, limit: i64) -> Result<i64, StoreError> {
     let backend = DbBackend::Sqlite;
