@@ -20,6 +20,7 @@ backend_tests!(
     a_shutdown_stops_a_purge_and_the_next_sweep_finishes_it,
     a_shutdown_stops_a_sweep_and_the_next_sweep_finishes_it,
     a_sweep_forgets_the_request_ids_of_the_rows_it_deleted,
+    a_sweep_forgets_more_request_ids_than_a_step_deletes,
 );
 
 const DAY: i64 = 86_400;
@@ -834,5 +835,40 @@ async fn a_sweep_forgets_the_request_ids_of_the_rows_it_deleted(backend: Backend
     // Ids of rows that stay still guard them, in this account and in the other.
     assert!(duplicate("acct_short", "recent", 1).await);
     assert!(duplicate("acct_long", "old", 30).await);
+    server.shutdown().await;
+}
+
+async fn a_sweep_forgets_more_request_ids_than_a_step_deletes(backend: Backend) {
+    // Steps of 7 deletions: the 30 rows take five, their 30 keys as many again.
+    let Some(server) = TestServer::start_with(backend, |c| c.delete_batch_rows = 7).await else {
+        return;
+    };
+    set_plan(&server, "acct_short", pb::Plan::Pro, Some(7)).await;
+    let old: Vec<_> = (0..30)
+        .map(|n| pb::RequestRecord {
+            request_id: format!("old_{n}"),
+            ..aged("acct_short", "k1", 30 * DAY, n)
+        })
+        .collect();
+    let recent = pb::RequestRecord {
+        request_id: "recent".into(),
+        ..aged("acct_short", "k1", DAY, 30)
+    };
+    let mut all = old.clone();
+    all.push(recent.clone());
+    let stored = server.client.record_batch(all).await.expect("seed");
+    assert_eq!((stored.accepted, stored.duplicates), (31, 0));
+
+    let swept = sweep(&server, "acct_short").await;
+    assert_eq!(swept.deleted_count, 30, "{swept:?}");
+    // Every swept row's key is forgotten, the kept row's is not.
+    let again = server.client.record_batch(old).await.expect("retry");
+    assert_eq!((again.accepted, again.duplicates), (30, 0));
+    let kept = server
+        .client
+        .record_batch(vec![recent])
+        .await
+        .expect("retry");
+    assert_eq!((kept.accepted, kept.duplicates), (0, 1));
     server.shutdown().await;
 }
