@@ -279,6 +279,20 @@ pub(crate) async fn test_database() -> (tempfile::TempDir, DatabaseConnection) {
     (dir, db)
 }
 
+/// Rows in an SQLite `table`, for the store's unit tests.
+#[cfg(test)]
+pub(crate) async fn test_count(db: &DatabaseConnection, table: &str) -> i64 {
+    let row = db
+        .query_one(Statement::from_string(
+            DbBackend::Sqlite,
+            format!("SELECT COUNT(*) AS n FROM {table}"),
+        ))
+        .await
+        .expect("count")
+        .expect("a row");
+    row.try_get::<i64>("", "n").expect("an integer")
+}
+
 /// Applies every pending migration.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), StoreError> {
     Ok(Migrator::up(db, None).await?)

@@ -176,8 +176,8 @@ async fn index_chunk_sqlite(
     };
     // Merges segments left by earlier chunks and deletes (the table's automerge is off), as
     // much as a full chunk writes even when fewer rows wait: merging only in proportion to
-    // the rows copied and dropped made some chunks take 250–860 ms while a sweep's postings
-    // were dropped (300k rows).
+    // the rows copied and dropped made chunks of up to 860 ms while a sweep's postings were
+    // dropped (300k rows).
     txn.execute_unprepared(&format!(
         "INSERT INTO log_search (log_search, rank) VALUES ('merge', {})",
         (chunk + removed) / SQLITE_ROWS_PER_MERGE_PAGE
@@ -571,14 +571,6 @@ mod tests {
     }
 
     async fn queued_removals(db: &DatabaseConnection) -> i64 {
-        let row = db
-            .query_one(Statement::from_string(
-                DbBackend::Sqlite,
-                "SELECT COUNT(*) AS n FROM log_search_removals",
-            ))
-            .await
-            .unwrap()
-            .unwrap();
-        row.try_get::<i64>("", "n").unwrap()
+        crate::store::test_count(db, "log_search_removals").await
     }
 }
