@@ -21,7 +21,11 @@
 //! row versions kept from VACUUM). [`export_slots`] caps how many exports may hold
 //! connections at once, so that other readers always find one.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, Visitor};
 
 use sea_orm::sea_query::{Alias, Expr, Query, SelectStatement};
 use sea_orm::{
@@ -32,10 +36,10 @@ use sea_orm::{
 
 use super::StoreError;
 use super::entity::log_entry;
-use super::logs::{cursor_of, page_select};
+use super::logs::page_select;
 use crate::domain::export::{ExportQuery, ExportRow};
 use crate::domain::filter::{SortField, SortOrder};
-use crate::domain::page_token::Cursor;
+use crate::domain::page_token::{Cursor, CursorValue};
 
 /// Rows one page read brings into memory: typical rows make about 200 KiB of JSON text and
 /// as much again once parsed; fewer rows a page cost throughput (500: -25%).
@@ -101,13 +105,11 @@ pub fn export_slots(db: &DatabaseConnection) -> usize {
 /// `application_name` of a PostgreSQL session while it serves an export.
 pub const EXPORT_APPLICATION_NAME: &str = "reqlog export";
 
-/// An export being read: its snapshot, its query and where the next page starts.
+/// An export being read: its snapshot and its query.
 #[derive(Debug)]
 pub struct ExportReader {
     txn: DatabaseTransaction,
     query: ExportQuery,
-    after: Option<Cursor>,
-    finished: bool,
     /// SQLite: the connection's page cache setting before the export shrank it.
     pooled_cache_size: Option<i64>,
 }
@@ -148,8 +150,6 @@ impl ExportReader {
         let mut reader = Self {
             txn,
             query,
-            after: None,
-            finished: false,
             pooled_cache_size: None,
         };
         if db.get_database_backend() == DbBackend::Sqlite {
@@ -181,50 +181,31 @@ impl ExportReader {
         Ok(())
     }
 
-    /// The next page of rows, in the query's order; `None` once every row was returned.
-    pub async fn next_page(&mut self) -> Result<Option<Vec<ExportRow>>, StoreError> {
-        if self.finished {
-            return Ok(None);
-        }
+    /// Reads the page after `after` (the first page when `None`), in the query's order:
+    /// the cursor comes from the page before ([`PageRows::next`]). Only the database's
+    /// work is done here; the page's rows are parsed by [`ReadPage::rows`], which can run
+    /// while the next page is read.
+    pub async fn read_page(&self, after: Option<&Cursor>) -> Result<ReadPage, StoreError> {
         let backend = self.txn.get_database_backend();
         // The very SELECT of ListLogs (filter, order, keyset after the cursor, one row more
         // than a page to learn whether another follows), narrowed to an `ids` selection.
-        let mut select = page_select(
-            backend,
-            &self.query.query,
-            self.after.as_ref(),
-            EXPORT_PAGE_ROWS,
-        );
+        let mut select = page_select(backend, &self.query.query, after, EXPORT_PAGE_ROWS);
         if let Some(ids) = &self.query.ids {
             select = select.filter(log_entry::Column::Id.is_in(ids.iter().copied()));
         }
         let select = select.select_only().columns(COLUMNS);
-        let order = self.query.query.order;
-        let mut rows: Vec<RowTuple> = match backend {
+        let body = match backend {
             DbBackend::Sqlite => {
-                let mut rows = read_json_page(&self.txn, select.into_query()).await?;
-                // An aggregate's input order is not promised by SQL: restore the page's
-                // order. The order is total (field, then id) and compares text bytewise,
-                // NULL first, exactly as the database sorts (binary collation), so the
-                // result is the database's own order, whatever order the aggregate saw.
-                rows.sort_by(|a, b| compare(order, a, b));
-                rows
+                PageBody::Json(read_json_page(&self.txn, select.into_query()).await?)
             }
             // The PostgreSQL driver reads rows in batches off the socket: plain rows are
             // faster there than building and parsing JSON (1M rows: ~2.4 s against ~3.4 s).
-            _ => select.into_tuple().all(&self.txn).await?,
+            _ => PageBody::Rows(select.into_tuple().all(&self.txn).await?),
         };
-
-        let page_rows = EXPORT_PAGE_ROWS as usize;
-        if rows.len() > page_rows {
-            rows.truncate(page_rows);
-            self.after = rows
-                .last()
-                .map(|last| cursor_of(order.field, &cursor_model(last)));
-        } else {
-            self.finished = true;
-        }
-        Ok(Some(rows.into_iter().map(export_row).collect()))
+        Ok(ReadPage {
+            body,
+            order: self.query.query.order,
+        })
     }
 
     /// Ends the snapshot (it only ever read, so it is rolled back) and gives the connection
@@ -242,6 +223,67 @@ impl ExportReader {
     }
 }
 
+/// A page as read, before its rows are parsed and put in order.
+#[derive(Debug)]
+pub struct ReadPage {
+    body: PageBody,
+    order: SortOrder,
+}
+
+#[derive(Debug)]
+enum PageBody {
+    /// SQLite: the rows as one JSON array of row arrays ([`ROW_JSON`]), in no promised
+    /// order.
+    Json(String),
+    /// PostgreSQL: the rows, in order.
+    Rows(Vec<RowTuple>),
+}
+
+/// A page's rows in the query's order, and where the page after it starts.
+#[derive(Debug)]
+pub struct PageRows<'a> {
+    /// At most [`EXPORT_PAGE_ROWS`] rows, text borrowed from the page where it can be.
+    pub rows: Vec<ExportRow<'a>>,
+    /// The cursor of the next page; `None` when this was the last.
+    pub next: Option<Cursor>,
+}
+
+impl ReadPage {
+    /// The page's rows in the query's order, and the cursor of the page after it.
+    pub fn rows(&self) -> Result<PageRows<'_>, StoreError> {
+        let mut rows: Vec<RowRef<'_>> = match &self.body {
+            PageBody::Json(json) => {
+                let mut rows: Vec<RowRef<'_>> = serde_json::from_str(json)
+                    .map_err(|error| DbErr::Json(format!("export page: {error}")))?;
+                // An aggregate's input order is not promised by SQL: restore the page's
+                // order. The order is total (field, then id) and compares text bytewise,
+                // NULL first, exactly as the database sorts (binary collation), so the
+                // result is the database's own order, whatever order the aggregate saw.
+                rows.sort_by(|a, b| compare(self.order, a, b));
+                rows
+            }
+            PageBody::Rows(rows) => rows.iter().map(RowRef::from).collect(),
+        };
+        let page_rows = EXPORT_PAGE_ROWS as usize;
+        let next = if rows.len() > page_rows {
+            rows.truncate(page_rows);
+            rows.last().map(|last| {
+                let (value, id) = key_of(self.order.field, last);
+                Cursor {
+                    value: value.into(),
+                    id,
+                }
+            })
+        } else {
+            None
+        };
+        Ok(PageRows {
+            rows: rows.into_iter().map(RowRef::into_export_row).collect(),
+            next,
+        })
+    }
+}
+
 /// SQLite: the page read as ONE value, a JSON array of row arrays built by the database.
 /// Row by row, the SQLite driver hands every row from its worker thread to the task through
 /// a channel and copies every value on its own: that cost 3-4× the time of the query
@@ -250,7 +292,7 @@ impl ExportReader {
 async fn read_json_page(
     txn: &DatabaseTransaction,
     page: SelectStatement,
-) -> Result<Vec<RowTuple>, StoreError> {
+) -> Result<String, StoreError> {
     let backend = txn.get_database_backend();
     let statement = backend.build(
         Query::select()
@@ -263,75 +305,143 @@ async fn read_json_page(
         Some(row) => row.try_get_by_index(0)?,
         None => None,
     };
-    Ok(match json {
-        Some(json) => serde_json::from_str(&json)
-            .map_err(|error| DbErr::Json(format!("export page: {error}")))?,
-        None => Vec::new(),
-    })
+    Ok(json.unwrap_or_else(|| String::from("[]")))
+}
+
+/// A row of a page, in [`RowTuple`]'s order, its text borrowed from the page.
+#[derive(Debug, serde::Deserialize)]
+struct RowRef<'a>(
+    i64,
+    i64,
+    i64,
+    #[serde(borrow)] Text<'a>,
+    #[serde(borrow)] Text<'a>,
+    #[serde(borrow)] Text<'a>,
+    #[serde(borrow)] Text<'a>,
+    #[serde(borrow)] Option<Text<'a>>,
+    i32,
+    #[serde(borrow)] Option<Text<'a>>,
+    #[serde(borrow)] Text<'a>,
+);
+
+impl<'a> From<&'a RowTuple> for RowRef<'a> {
+    fn from(row: &'a RowTuple) -> Self {
+        let text = |value: &'a String| Text(Cow::Borrowed(value.as_str()));
+        Self(
+            row.0,
+            row.1,
+            row.2,
+            text(&row.3),
+            text(&row.4),
+            text(&row.5),
+            text(&row.6),
+            row.7.as_ref().map(text),
+            row.8,
+            row.9.as_ref().map(text),
+            text(&row.10),
+        )
+    }
+}
+
+impl<'a> RowRef<'a> {
+    fn into_export_row(self) -> ExportRow<'a> {
+        let Self(_, ts, _, name, prefix, method, endpoint, query_params, status, error, ip) = self;
+        ExportRow {
+            api_key_name: name.0,
+            api_key_prefix: prefix.0,
+            method: method.0,
+            endpoint: endpoint.0,
+            query_params: query_params.map(|text| text.0),
+            status_code: status,
+            error_code: error.map(|text| text.0),
+            ip_hash: ip.0,
+            timestamp_micros: ts,
+        }
+    }
+}
+
+/// Text of a JSON page: borrowed from it, unless it had to be unescaped. (`Cow` on its own
+/// borrows only as a struct field marked `#[serde(borrow)]`, never inside an `Option`.)
+#[derive(Debug)]
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor<'a>(std::marker::PhantomData<Text<'a>>);
+        impl<'de: 'a, 'a> Visitor<'de> for TextVisitor<'a> {
+            type Value = Text<'a>;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E>(self, value: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(value)))
+            }
+
+            fn visit_str<E>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(value.to_owned())))
+            }
+
+            fn visit_string<E>(self, value: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(value)))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor(std::marker::PhantomData))
+    }
+}
+
+/// A sort field's value, compared as the database does: NULL before every value, text
+/// bytewise (binary collation). A column holds one type, so the order between types only
+/// has to be fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Key<'a> {
+    Null,
+    Int(i64),
+    Text(&'a str),
+}
+
+impl From<Key<'_>> for CursorValue {
+    fn from(key: Key<'_>) -> Self {
+        match key {
+            Key::Null => Self::Null,
+            Key::Int(value) => Self::Int(value),
+            Key::Text(value) => Self::Text(value.to_owned()),
+        }
+    }
+}
+
+/// A row's place in `field`'s order: the field's value, then id.
+fn key_of<'a>(field: SortField, row: &'a RowRef<'_>) -> (Key<'a>, i64) {
+    fn text<'a>(value: &'a Text<'_>) -> Key<'a> {
+        Key::Text(&value.0)
+    }
+    fn nullable<'a>(value: &'a Option<Text<'_>>) -> Key<'a> {
+        value.as_ref().map_or(Key::Null, text)
+    }
+    let value = match field {
+        SortField::Timestamp => Key::Int(row.1),
+        SortField::DurationMs => Key::Int(row.2),
+        SortField::ApiKeyName => text(&row.3),
+        SortField::ApiKeyPrefix => text(&row.4),
+        SortField::Method => text(&row.5),
+        SortField::Endpoint => text(&row.6),
+        SortField::QueryParams => nullable(&row.7),
+        SortField::StatusCode => Key::Int(i64::from(row.8)),
+        SortField::ErrorCode => nullable(&row.9),
+        SortField::IpHash => text(&row.10),
+    };
+    (value, row.0)
 }
 
 /// Two rows in `order`: the field (text bytewise, NULL before every value), then id, both
 /// in the order's direction.
-fn compare(order: SortOrder, a: &RowTuple, b: &RowTuple) -> Ordering {
-    fn text(value: &Option<String>) -> Option<&[u8]> {
-        value.as_deref().map(str::as_bytes)
-    }
-    let by_field = match order.field {
-        SortField::Timestamp => a.1.cmp(&b.1),
-        SortField::DurationMs => a.2.cmp(&b.2),
-        SortField::ApiKeyName => a.3.as_bytes().cmp(b.3.as_bytes()),
-        SortField::ApiKeyPrefix => a.4.as_bytes().cmp(b.4.as_bytes()),
-        SortField::Method => a.5.as_bytes().cmp(b.5.as_bytes()),
-        SortField::Endpoint => a.6.as_bytes().cmp(b.6.as_bytes()),
-        SortField::QueryParams => text(&a.7).cmp(&text(&b.7)),
-        SortField::StatusCode => a.8.cmp(&b.8),
-        SortField::ErrorCode => text(&a.9).cmp(&text(&b.9)),
-        SortField::IpHash => a.10.as_bytes().cmp(b.10.as_bytes()),
-    };
-    let ordering = by_field.then(a.0.cmp(&b.0));
+fn compare(order: SortOrder, a: &RowRef<'_>, b: &RowRef<'_>) -> Ordering {
+    let ordering = key_of(order.field, a).cmp(&key_of(order.field, b));
     if order.descending {
         ordering.reverse()
     } else {
         ordering
-    }
-}
-
-/// The row as far as `cursor_of` reads it: the sortable columns and `id`; the columns an
-/// export never reads stay empty.
-fn cursor_model(row: &RowTuple) -> log_entry::Model {
-    let (id, ts, duration_ms, name, prefix, method, endpoint, query_params, status, error, ip) =
-        row;
-    log_entry::Model {
-        id: *id,
-        account_id: String::new(),
-        ts: *ts,
-        request_id: None,
-        api_key_id: String::new(),
-        api_key_name: name.clone(),
-        api_key_prefix: prefix.clone(),
-        method: method.clone(),
-        endpoint: endpoint.clone(),
-        query_params: query_params.clone(),
-        status_code: *status,
-        error_code: error.clone(),
-        ip_hash: ip.clone(),
-        user_agent: String::new(),
-        duration_ms: *duration_ms,
-    }
-}
-
-fn export_row(row: RowTuple) -> ExportRow {
-    let (_, ts, _, name, prefix, method, endpoint, query_params, status, error, ip) = row;
-    ExportRow {
-        api_key_name: name,
-        api_key_prefix: prefix,
-        method,
-        endpoint,
-        query_params,
-        status_code: status,
-        error_code: error,
-        ip_hash: ip,
-        timestamp_micros: ts,
     }
 }
 
@@ -355,9 +465,73 @@ mod tests {
         )
     }
 
-    fn sorted(field: SortField, descending: bool, mut rows: Vec<RowTuple>) -> Vec<i64> {
+    fn sorted(field: SortField, descending: bool, rows: Vec<RowTuple>) -> Vec<i64> {
+        let mut rows: Vec<RowRef<'_>> = rows.iter().map(RowRef::from).collect();
         rows.sort_by(|a, b| compare(SortOrder { field, descending }, a, b));
         rows.iter().map(|row| row.0).collect()
+    }
+
+    /// A page of `count` rows as SQLite's JSON, newest id first (not the page's order).
+    fn json_page(count: i64, order: SortOrder) -> ReadPage {
+        let rows: Vec<serde_json::Value> = (0..count)
+            .rev()
+            .map(|id| {
+                let query_params = (id % 2 == 1).then_some("a=1&b=\"2\"");
+                serde_json::json!([
+                    id,
+                    1_000 + id,
+                    5,
+                    "Key 1",
+                    "bye_AB12C",
+                    "GET",
+                    "/v1/models",
+                    query_params,
+                    200,
+                    null,
+                    "ab"
+                ])
+            })
+            .collect();
+        ReadPage {
+            body: PageBody::Json(serde_json::to_string(&rows).unwrap()),
+            order,
+        }
+    }
+
+    #[test]
+    fn a_json_page_is_put_in_order_and_cut_at_the_page_size() {
+        let order = SortOrder {
+            field: SortField::Timestamp,
+            descending: false,
+        };
+        let full = EXPORT_PAGE_ROWS as i64;
+        let page = json_page(full + 1, order);
+        let read = page.rows().unwrap();
+        assert_eq!(read.rows.len(), EXPORT_PAGE_ROWS as usize);
+        let times: Vec<i64> = read.rows.iter().map(|row| row.timestamp_micros).collect();
+        assert_eq!(times, (1_000..1_000 + full).collect::<Vec<_>>());
+        // The next page starts after the last row kept, not after the extra one.
+        assert_eq!(
+            read.next,
+            Some(Cursor {
+                value: CursorValue::Int(1_000 + full - 1),
+                id: full - 1,
+            })
+        );
+        // Text is borrowed from the page unless it had to be unescaped; NULL stays NULL.
+        assert_eq!(read.rows[0].query_params, None);
+        assert_eq!(read.rows[1].query_params.as_deref(), Some("a=1&b=\"2\""));
+        assert!(matches!(read.rows[1].query_params, Some(Cow::Owned(_))));
+        assert!(matches!(read.rows[1].endpoint, Cow::Borrowed("/v1/models")));
+        assert_eq!(read.rows[1].error_code, None);
+
+        // A page no longer than the page size is the last.
+        let last = json_page(full, order);
+        let read = last.rows().unwrap();
+        assert_eq!(read.rows.len(), EXPORT_PAGE_ROWS as usize);
+        assert_eq!(read.next, None);
+        let empty = json_page(0, order);
+        assert!(empty.rows().unwrap().rows.is_empty());
     }
 
     #[test]
