@@ -483,7 +483,7 @@ async fn baseline_export(ctx: &Context, db: &BenchDb) -> Result<f64, String> {
             let mut query = conn
                 .prepare(
                     "SELECT api_key_name, api_key_prefix, method, endpoint, query_params, status_code, \
-                     error_code, ip_hash, strftime('%Y-%m-%dT%H:%M:%fZ', ts / 1000000.0, 'unixepoch') \
+                     error_code, lower(hex(ip_hash)), strftime('%Y-%m-%dT%H:%M:%fZ', ts / 1000000.0, 'unixepoch') \
                      FROM log_entries WHERE account_id = ?1 ORDER BY ts DESC, id DESC",
                 )
                 .map_err(|e| e.to_string())?;
@@ -537,7 +537,7 @@ async fn baseline_export(ctx: &Context, db: &BenchDb) -> Result<f64, String> {
             let mut stream = pool
                 .copy_out_raw(&format!(
                     "COPY (SELECT api_key_name, api_key_prefix, method, endpoint, query_params, status_code, \
-                     error_code, ip_hash, to_char(to_timestamp(ts / 1000000.0) AT TIME ZONE 'UTC', \
+                     error_code, encode(ip_hash, 'hex'), to_char(to_timestamp(ts / 1000000.0) AT TIME ZONE 'UTC', \
                      'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') FROM log_entries WHERE account_id = '{EXPORT_ACCOUNT}' \
                      ORDER BY ts DESC, id DESC) TO STDOUT (FORMAT csv)"
                 ))

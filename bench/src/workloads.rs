@@ -154,11 +154,9 @@ fn batches(ctx: &Context) -> Vec<Vec<pb::RequestRecord>> {
     out
 }
 
-fn ip_hash(ip: &str) -> String {
-    Sha256::digest(ip.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// The IP hash as reqlog stores it: the digest's 32 bytes.
+fn ip_hash(ip: &str) -> Vec<u8> {
+    Sha256::digest(ip.as_bytes()).to_vec()
 }
 
 pub(crate) fn micros(record: &pb::RequestRecord) -> i64 {
@@ -229,17 +227,19 @@ pub(crate) async fn ingest(ctx: &Context) -> Result<(Vec<Figure>, BenchDb), Stri
     ))
 }
 
+/// The bare table: reqlog's columns with their stored types (`{IP}`: the IP hash's bytes type).
 const BARE_TABLE: &str = "CREATE TABLE log_bare (id BIGINT PRIMARY KEY, account_id TEXT NOT NULL, ts BIGINT NOT NULL, \
     request_id TEXT, api_key_id TEXT NOT NULL, api_key_name TEXT NOT NULL, api_key_prefix TEXT NOT NULL, \
     method TEXT NOT NULL, endpoint TEXT NOT NULL, query_params TEXT, status_code INTEGER NOT NULL, \
-    error_code TEXT, ip_hash TEXT NOT NULL, user_agent TEXT NOT NULL, duration_ms BIGINT NOT NULL)";
+    error_code TEXT, ip_hash {IP} NOT NULL, user_agent TEXT NOT NULL, duration_ms BIGINT NOT NULL)";
 
 fn bare_sqlite_insert(ctx: &Context) -> Result<f64, String> {
     let path = ctx.dir.join("bare.db");
     let _ = std::fs::remove_file(&path);
     let mut conn = rusqlite::Connection::open(&path).map_err(|e| e.to_string())?;
     conn.execute_batch(&format!(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; {BARE_TABLE};"
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; {};",
+        BARE_TABLE.replace("{IP}", "BLOB")
     ))
     .map_err(|e| e.to_string())?;
     let batches = batches(ctx);
@@ -295,7 +295,7 @@ async fn bare_postgres_copy(ctx: &Context) -> Result<f64, String> {
     let pool = sea_orm::sqlx::PgPool::connect(&db.url)
         .await
         .map_err(|e| e.to_string())?;
-    sea_orm::sqlx::query(BARE_TABLE)
+    sea_orm::sqlx::query(&BARE_TABLE.replace("{IP}", "BYTEA"))
         .execute(&pool)
         .await
         .map_err(|e| e.to_string())?;
@@ -319,7 +319,11 @@ async fn bare_postgres_copy(ctx: &Context) -> Result<f64, String> {
                 r.query_string.clone(),
                 r.status_code.to_string(),
                 r.error_code.clone(),
-                ip_hash(&r.client_ip),
+                // bytea's hex input form
+                format!(
+                    "\\x{}",
+                    reqlog_service::domain::ip::to_hex(&ip_hash(&r.client_ip))
+                ),
                 r.user_agent.clone(),
                 r.duration_ms.to_string(),
             ];
@@ -620,6 +624,7 @@ enum Raw {
 enum Param {
     Text(String),
     Int(i64),
+    Bytes(Vec<u8>),
 }
 
 impl Raw {
@@ -653,6 +658,7 @@ impl Raw {
                         match p {
                             Param::Text(t) => Box::new(t.clone()),
                             Param::Int(i) => Box::new(*i),
+                            Param::Bytes(b) => Box::new(b.clone()),
                         }
                     })
                     .collect();
@@ -680,12 +686,15 @@ impl Raw {
                         numbered.push(c);
                     }
                 }
-                let numbered = numbered.replace(" LIKE ", " ILIKE ");
+                let numbered = numbered
+                    .replace(" LIKE ", " ILIKE ")
+                    .replace("hex(ip_hash)", "encode(ip_hash, 'hex')");
                 let mut query = sea_orm::sqlx::query(&numbered);
                 for p in params {
                     query = match p {
                         Param::Text(t) => query.bind(t.clone()),
                         Param::Int(i) => query.bind(*i),
+                        Param::Bytes(b) => query.bind(b.clone()),
                     };
                 }
                 let rows = query.fetch_all(pool).await.map_err(|e| e.to_string())?;
@@ -694,6 +703,16 @@ impl Raw {
         }
         Ok(started.elapsed().as_secs_f64() * 1000.0)
     }
+}
+
+/// A stored IP hash's bytes: `prefix` (hex) padded to 64 digits with `digit`.
+fn hash_range(prefix: &str, digit: char) -> Vec<u8> {
+    let padded: String = prefix
+        .chars()
+        .chain(std::iter::repeat(digit))
+        .take(64)
+        .collect();
+    reqlog_service::domain::ip::from_hex(&padded).unwrap_or_default()
 }
 
 const PAGE: i32 = 100;
@@ -821,7 +840,7 @@ pub(crate) async fn list(ctx: &Context, db: &BenchDb) -> Result<Vec<Figure>, Str
 
     let like = |term: &str| format!("%{term}%");
     let search_sql = format!(
-        "SELECT {COLUMNS} FROM log_entries WHERE account_id = ? AND (api_key_name LIKE ? OR api_key_prefix LIKE ? OR method LIKE ? OR endpoint LIKE ? OR query_params LIKE ? OR CAST(status_code AS TEXT) LIKE ? OR error_code LIKE ? OR ip_hash LIKE ?) ORDER BY ts DESC, id DESC LIMIT {}",
+        "SELECT {COLUMNS} FROM log_entries WHERE account_id = ? AND (api_key_name LIKE ? OR api_key_prefix LIKE ? OR method LIKE ? OR endpoint LIKE ? OR query_params LIKE ? OR CAST(status_code AS TEXT) LIKE ? OR error_code LIKE ? OR hex(ip_hash) LIKE ?) ORDER BY ts DESC, id DESC LIMIT {}",
         PAGE + 1
     );
     let search = |term: &str| {
@@ -992,10 +1011,10 @@ pub(crate) async fn list(ctx: &Context, db: &BenchDb) -> Result<Vec<Figure>, Str
                     ip_hash_prefix: hash_prefix.clone(),
                     ..Default::default()
                 },
-                "ip_hash >= ? AND ip_hash < ?",
+                "ip_hash BETWEEN ? AND ?",
                 vec![
-                    Param::Text(hash_prefix.clone()),
-                    Param::Text(format!("{hash_prefix}g")),
+                    Param::Bytes(hash_range(&hash_prefix, '0')),
+                    Param::Bytes(hash_range(&hash_prefix, 'f')),
                 ],
             ),
         ),

@@ -86,7 +86,9 @@ impl MigrationTrait for Migration {
 
         // Log rows. The writer reserves ids itself and inserts a whole group with multi-row
         // statements; `ts` is microseconds since the Unix epoch, UTC; ids of purged rows are
-        // never handed out again.
+        // never handed out again. `ip_hash` holds the digest's 32 bytes (none without an IP):
+        // as 64 hex characters it was a quarter of an SQLite row; byte order is the order of
+        // its lower-case hex, so sorting and prefix ranges work on the bytes.
         match backend {
             // --- SQLite: the table is clustered on (account_id, ts, id) (WITHOUT ROWID). ---
             // An account's rows sit together in time order, so the default order, time
@@ -111,7 +113,7 @@ impl MigrationTrait for Migration {
                             query_params TEXT NULL,
                             status_code INTEGER NOT NULL,
                             error_code TEXT NULL,
-                            ip_hash TEXT NOT NULL,
+                            ip_hash BLOB NOT NULL,
                             user_agent TEXT NOT NULL,
                             duration_ms INTEGER NOT NULL,
                             PRIMARY KEY (account_id, ts, id)
@@ -156,7 +158,7 @@ impl MigrationTrait for Migration {
                             .col(text(backend, LogEntries::QueryParams).null())
                             .col(ColumnDef::new(LogEntries::StatusCode).integer().not_null())
                             .col(text(backend, LogEntries::ErrorCode).null())
-                            .col(text(backend, LogEntries::IpHash).not_null())
+                            .col(ColumnDef::new(LogEntries::IpHash).binary().not_null())
                             .col(text(backend, LogEntries::UserAgent).not_null())
                             .col(
                                 ColumnDef::new(LogEntries::DurationMs)

@@ -72,19 +72,25 @@ impl IpHasher {
         Ok(Self::Keyed(key.to_vec()))
     }
 
-    /// `ip_hash` as stored: lower-case hex of the digest; empty input gives "".
+    /// `ip_hash` as the API shows it: lower-case hex of [`Self::digest`]; empty input gives "".
     pub fn hash(&self, raw: &str) -> Result<String, NotAnIp> {
+        Ok(to_hex(&self.digest(raw)?))
+    }
+
+    /// `ip_hash` as stored: the 32 bytes of the digest (half the size of its hex); empty
+    /// input gives no bytes.
+    pub fn digest(&self, raw: &str) -> Result<Vec<u8>, NotAnIp> {
         if raw.is_empty() {
-            return Ok(String::new());
+            return Ok(Vec::new());
         }
         let canonical = canonical_ip(raw)?;
         Ok(match self {
-            Self::Plain => sha256_hex(canonical.as_bytes()),
+            Self::Plain => Sha256::digest(canonical.as_bytes()).to_vec(),
             Self::Keyed(key) => {
                 let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
                     .expect("HMAC accepts keys of any length");
                 mac.update(canonical.as_bytes());
-                to_hex(&mac.finalize().into_bytes())
+                mac.finalize().into_bytes().to_vec()
             }
         })
     }
@@ -93,6 +99,22 @@ impl IpHasher {
 /// Lower-case hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     to_hex(&Sha256::digest(bytes))
+}
+
+/// The bytes an even number of hex digits (either case) spell; `None` for anything else.
+pub fn from_hex(hex: &str) -> Option<Vec<u8>> {
+    fn nibble(digit: u8) -> Option<u8> {
+        char::from(digit)
+            .to_digit(16)
+            .and_then(|value| u8::try_from(value).ok())
+    }
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    hex.as_bytes()
+        .chunks_exact(2)
+        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
+        .collect()
 }
 
 /// Lower-case hex of `bytes`.
@@ -109,6 +131,20 @@ pub fn to_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_round_trips_and_refuses_what_is_not_hex() {
+        let digest = IpHasher::Plain.digest("203.0.113.10").unwrap();
+        assert_eq!(digest.len(), 32);
+        assert_eq!(to_hex(&digest), sha256_hex(b"203.0.113.10"));
+        assert_eq!(from_hex(&to_hex(&digest)), Some(digest));
+        assert_eq!(from_hex("0aFf"), Some(vec![0x0a, 0xff]));
+        assert_eq!(from_hex(""), Some(Vec::new()));
+        for bad in ["a", "abc", "zz", "0x", "é0"] {
+            assert_eq!(from_hex(bad), None, "{bad}");
+        }
+        assert_eq!(IpHasher::Plain.digest("").unwrap(), Vec::<u8>::new());
+    }
 
     #[test]
     fn ipv4_hash_is_sha256_of_the_dotted_text() {

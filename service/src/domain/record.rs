@@ -68,8 +68,8 @@ pub struct NewLogEntry {
     pub status_code: i32,
     /// The error code, `None` when empty.
     pub error_code: Option<String>,
-    /// SHA-256 of the canonical client IP, or "".
-    pub ip_hash: String,
+    /// The digest of the canonical client IP (32 bytes; see [`IpHasher::digest`]), or none.
+    pub ip_hash: Vec<u8>,
     /// The user agent, at most 512 characters.
     pub user_agent: String,
     /// Latency in milliseconds.
@@ -206,7 +206,7 @@ impl RecordRules {
         // The reason never repeats the address: raw IPs reach no log line or error message.
         let ip_hash = self
             .ip_hasher
-            .hash(input.client_ip)
+            .digest(input.client_ip)
             .map_err(|_| Violation::new("client_ip", "is not an IPv4 or IPv6 address"))?;
         reject_control_chars("user_agent", input.user_agent)?;
 
@@ -272,7 +272,7 @@ mod tests {
         assert_eq!(entry.query_params, None);
         assert_eq!(entry.error_code, None);
         assert_eq!(entry.request_id, None);
-        assert_eq!(entry.ip_hash, "");
+        assert!(entry.ip_hash.is_empty());
         assert_eq!(entry.ts_micros, NOW);
     }
 

@@ -4,6 +4,7 @@ use reqlog_client::pb;
 
 use crate::domain::Violation;
 use crate::domain::filter::{FilterInput, LogFilter, SortField, SortOrder};
+use crate::domain::ip::to_hex;
 use crate::domain::lifecycle::{KeyStatus, Plan, Retention};
 use crate::domain::record::RecordInput;
 use crate::domain::time::{OutOfRange, micros_from_parts, parts_from_micros};
@@ -131,7 +132,7 @@ pub fn log_entry(row: log_entry::Model, status: pb::ApiKeyStatus) -> pb::LogEntr
         query_params: row.query_params,
         status_code: row.status_code,
         error_code: row.error_code,
-        ip_hash: row.ip_hash,
+        ip_hash: to_hex(&row.ip_hash),
         user_agent: row.user_agent,
         duration_ms: u32::try_from(row.duration_ms).unwrap_or(u32::MAX),
         timestamp: Some(timestamp(row.ts)),

@@ -617,7 +617,7 @@ mod tests {
              INSERT INTO log_entries (id, account_id, ts, api_key_id, api_key_name, \
              api_key_prefix, method, endpoint, status_code, ip_hash, user_agent, duration_ms) \
              SELECT i + 1, 'a', (100 + i) * 86400000000, 'k', 'name', 'pk_', 'GET', '/v1', \
-             200, 'ab', 'ua', 1 FROM n",
+             200, X'ab', 'ua', 1 FROM n",
         )
         .await
         .unwrap();

@@ -34,8 +34,8 @@ pub mod log_entry {
         pub status_code: i32,
         /// The platform error code.
         pub error_code: Option<String>,
-        /// SHA-256 of the client IP, or "".
-        pub ip_hash: String,
+        /// The digest of the client IP (32 bytes), or none; the API shows it as hex.
+        pub ip_hash: Vec<u8>,
         /// The user agent.
         pub user_agent: String,
         /// Latency in milliseconds.

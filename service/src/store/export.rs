@@ -39,6 +39,7 @@ use super::entity::log_entry;
 use super::logs::page_select;
 use crate::domain::export::{ExportQuery, ExportRow};
 use crate::domain::filter::{SortField, SortOrder};
+use crate::domain::ip::to_hex;
 use crate::domain::page_token::{Cursor, CursorValue};
 
 /// Rows one page read brings into memory: typical rows make about 200 KiB of JSON text and
@@ -63,11 +64,12 @@ type RowTuple = (
     Option<String>, // query_params
     i32,            // status_code
     Option<String>, // error_code
-    String,         // ip_hash
+    Vec<u8>,        // ip_hash
 );
 
-/// The same columns as the JSON array of one row (SQLite), in [`RowTuple`]'s order.
-const ROW_JSON: &str = r#""id", "ts", "duration_ms", "api_key_name", "api_key_prefix", "method", "endpoint", "query_params", "status_code", "error_code", "ip_hash""#;
+/// The same columns as the JSON array of one row (SQLite), in [`RowTuple`]'s order; JSON
+/// holds no bytes, so the IP hash comes as its lower-case hex, as exports show it.
+const ROW_JSON: &str = r#""id", "ts", "duration_ms", "api_key_name", "api_key_prefix", "method", "endpoint", "query_params", "status_code", "error_code", lower(hex("ip_hash"))"#;
 
 const COLUMNS: [log_entry::Column; 11] = [
     log_entry::Column::Id,
@@ -338,7 +340,7 @@ impl<'a> From<&'a RowTuple> for RowRef<'a> {
             row.7.as_ref().map(text),
             row.8,
             row.9.as_ref().map(text),
-            text(&row.10),
+            Text(Cow::Owned(to_hex(&row.10))),
         )
     }
 }
@@ -461,7 +463,7 @@ mod tests {
             query_params.map(str::to_owned),
             200,
             None,
-            String::new(),
+            Vec::new(),
         )
     }
 

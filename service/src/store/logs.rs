@@ -11,6 +11,7 @@ use sea_orm::{
 use super::StoreError;
 use super::entity::{api_key, log_entry};
 use crate::domain::filter::{LogFilter, LogQuery, SortField, SortOrder};
+use crate::domain::ip::{from_hex, to_hex};
 use crate::domain::page_token::{Cursor, CursorValue};
 use crate::domain::record::METHODS;
 
@@ -261,7 +262,8 @@ pub fn cursor_of(field: SortField, row: &log_entry::Model) -> Cursor {
         SortField::QueryParams => row.query_params.as_deref().map_or(CursorValue::Null, text),
         SortField::StatusCode => CursorValue::Int(i64::from(row.status_code)),
         SortField::ErrorCode => row.error_code.as_deref().map_or(CursorValue::Null, text),
-        SortField::IpHash => text(&row.ip_hash),
+        // In the token as hex, as the API shows it; `cursor_expr` turns it back into bytes.
+        SortField::IpHash => CursorValue::Text(to_hex(&row.ip_hash)),
         SortField::DurationMs => CursorValue::Int(row.duration_ms),
     };
     Cursor { value, id: row.id }
@@ -299,11 +301,7 @@ fn after_cursor(order: SortOrder, cursor: &Cursor) -> Condition {
     let col = column(order.field);
     let id = log_entry::Column::Id;
     let pair = || Expr::tuple([Expr::col(col).into(), Expr::col(id).into()]);
-    let value: Option<SimpleExpr> = match &cursor.value {
-        CursorValue::Null => None,
-        CursorValue::Int(value) => Some((*value).into()),
-        CursorValue::Text(value) => Some(value.clone().into()),
-    };
+    let value = cursor_expr(order.field, &cursor.value);
     match (value, order.descending) {
         // Row values keep the condition a single index range on (field, id).
         (Some(value), false) => {
@@ -330,6 +328,25 @@ fn after_cursor(order: SortOrder, cursor: &Cursor) -> Condition {
     }
 }
 
+/// A cursor's value as the column's SQL value; `None` for NULL. The IP hash travels as its
+/// hex and is compared as the stored bytes (whose order is the hex's).
+fn cursor_expr(field: SortField, value: &CursorValue) -> Option<SimpleExpr> {
+    match value {
+        CursorValue::Null => None,
+        CursorValue::Int(value) => Some((*value).into()),
+        CursorValue::Text(hex) if field == SortField::IpHash => {
+            // Tokens are sealed, so this is the hex `cursor_of` wrote; anything else would
+            // still compare as its own bytes rather than fail.
+            Some(
+                from_hex(hex)
+                    .unwrap_or_else(|| hex.as_bytes().to_vec())
+                    .into(),
+            )
+        }
+        CursorValue::Text(value) => Some(value.clone().into()),
+    }
+}
+
 /// Rows in time order up to and including `boundary` (ts, id): a range on the (ts, id) key,
 /// so the scan ends there.
 fn up_to(order: SortOrder, (ts, id): (i64, i64)) -> Condition {
@@ -343,6 +360,20 @@ fn up_to(order: SortOrder, (ts, id): (i64, i64)) -> Condition {
     } else {
         pair.lte(bound)
     })
+}
+
+/// The lowest and highest 32-byte digest whose hex starts with `prefix`: hex digits, at
+/// most 64 of them, which the filter's validation guarantees.
+fn ip_hash_range(prefix: &str) -> (Vec<u8>, Vec<u8>) {
+    let pad = |digit: char| {
+        let mut hex = prefix.to_owned();
+        hex.extend(std::iter::repeat_n(
+            digit,
+            64usize.saturating_sub(prefix.len()),
+        ));
+        from_hex(&hex).unwrap_or_default()
+    };
+    (pad('0'), pad('f'))
 }
 
 /// `%term%` with `%`, `_` and `\` matched literally.
@@ -428,7 +459,12 @@ fn search_condition(backend: DbBackend, term: &str) -> Condition {
         ));
     }
     if columns.ip_hash {
-        any = any.add(contains(backend, r#""ip_hash""#, &pattern));
+        // The bytes as hex: upper case in SQLite, which LIKE matches without regard to case.
+        let hex = match backend {
+            DbBackend::Postgres => r#"encode("ip_hash", 'hex')"#,
+            _ => r#"hex("ip_hash")"#,
+        };
+        any = any.add(contains(backend, hex, &pattern));
     }
     any
 }
@@ -464,9 +500,10 @@ pub fn filter_condition(backend: DbBackend, account_id: &str, filter: &LogFilter
         all = all.add(C::ErrorCode.is_in(filter.error_codes.iter().map(String::as_str)));
     }
     if let Some(prefix) = &filter.ip_hash_prefix {
-        // Stored hashes are lower-case hex, so a range is an exact, index-friendly prefix.
-        all = all.add(C::IpHash.gte(prefix.as_str()));
-        all = all.add(C::IpHash.lt(format!("{prefix}g")));
+        // A hex prefix (of any length) is the range of the 32-byte digests that start with
+        // it: the prefix padded with 0s, then with fs. An empty hash (no IP) lies outside.
+        let (low, high) = ip_hash_range(prefix);
+        all = all.add(C::IpHash.between(low, high));
     }
     if let Some(prefix) = &filter.endpoint_prefix {
         // Paths are case-sensitive, so not LIKE (which folds case in SQLite); SUBSTR counts
@@ -508,7 +545,7 @@ mod tests {
     fn search_tries_only_columns_that_could_hold_the_term() {
         let word = sql(search_condition(DbBackend::Sqlite, "images/gen"));
         assert!(
-            !word.contains(r#""ip_hash" LIKE"#) && !word.contains("CAST"),
+            !word.contains(r#"hex("ip_hash") LIKE"#) && !word.contains("CAST"),
             "{word}"
         );
         assert!(!word.contains(r#""method" IN"#), "{word}");
@@ -517,13 +554,13 @@ mod tests {
 
         let hex = sql(search_condition(DbBackend::Sqlite, "a3F"));
         assert!(
-            hex.contains(r#""ip_hash" LIKE"#) && !hex.contains("CAST"),
+            hex.contains(r#"hex("ip_hash") LIKE"#) && !hex.contains("CAST"),
             "{hex}"
         );
 
         let digits = sql(search_condition(DbBackend::Sqlite, "50"));
         assert!(
-            digits.contains("CAST") && digits.contains(r#""ip_hash" LIKE"#),
+            digits.contains("CAST") && digits.contains(r#"hex("ip_hash") LIKE"#),
             "{digits}"
         );
 
@@ -534,6 +571,21 @@ mod tests {
             many.contains(r#"IN ('GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS')"#),
             "{many}"
         );
+    }
+
+    #[test]
+    fn an_ip_hash_prefix_is_the_range_of_the_digests_that_start_with_it() {
+        let (low, high) = ip_hash_range("ab1");
+        assert_eq!(low.len(), 32);
+        assert_eq!((low[0], low[1], low[31]), (0xab, 0x10, 0x00));
+        assert_eq!((high[0], high[1], high[31]), (0xab, 0x1f, 0xff));
+        let full = "0f".repeat(32);
+        assert_eq!(ip_hash_range(&full), (vec![0x0f; 32], vec![0x0f; 32]));
+        // A digest's lower-case hex sorts as its bytes do, so the range is the prefix.
+        let inside = from_hex(&format!("ab1{}", "9".repeat(61))).unwrap();
+        let outside = from_hex(&format!("ab2{}", "0".repeat(61))).unwrap();
+        assert!(low <= inside && inside <= high);
+        assert!(outside > high);
     }
 
     #[test]

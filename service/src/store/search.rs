@@ -438,8 +438,8 @@ mod tests {
         for statement in [
             "INSERT INTO log_entries (id, account_id, ts, api_key_id, api_key_name, \
              api_key_prefix, method, endpoint, status_code, ip_hash, user_agent, duration_ms) \
-             VALUES (1, 'a', 1, 'k', 'name', 'pk_', 'GET', '/v1/needle', 200, 'ab', 'ua', 1), \
-                    (2, 'a', 2, 'k', 'name', 'pk_', 'GET', '/v1/other', 200, 'ab', 'ua', 1)",
+             VALUES (1, 'a', 1, 'k', 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 'ua', 1), \
+                    (2, 'a', 2, 'k', 'name', 'pk_', 'GET', '/v1/other', 200, X'ab', 'ua', 1)",
             "UPDATE log_id_sequence SET last_id = 2",
         ] {
             db.execute_unprepared(statement).await.unwrap();
@@ -475,7 +475,7 @@ mod tests {
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600) \
              INSERT INTO log_entries (id, account_id, ts, api_key_id, api_key_name, \
              api_key_prefix, method, endpoint, status_code, ip_hash, user_agent, duration_ms) \
-             SELECT i, 'a', i, 'k', 'name', 'pk_', 'GET', '/v1/row' || i, 200, 'ab', 'ua', 1 FROM n",
+             SELECT i, 'a', i, 'k', 'name', 'pk_', 'GET', '/v1/row' || i, 200, X'ab', 'ua', 1 FROM n",
         )
         .await
         .unwrap();
@@ -520,8 +520,8 @@ mod tests {
         db.execute_unprepared(
             "INSERT INTO log_entries (id, account_id, ts, api_key_id, api_key_name, \
              api_key_prefix, method, endpoint, status_code, ip_hash, user_agent, duration_ms) \
-             VALUES (1, 'a', 1, 'gone', 'name', 'pk_', 'GET', '/v1/needle', 200, 'ab', 'ua', 1), \
-                    (2, 'a', 2, 'kept', 'name', 'pk_', 'GET', '/v1/needle', 200, 'ab', 'ua', 1)",
+             VALUES (1, 'a', 1, 'gone', 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 'ua', 1), \
+                    (2, 'a', 2, 'kept', 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 'ua', 1)",
         )
         .await
         .unwrap();

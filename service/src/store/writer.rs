@@ -757,7 +757,7 @@ async fn insert_rows(
                     entry.query_params.as_deref().into(),
                     entry.status_code.into(),
                     entry.error_code.as_deref().into(),
-                    entry.ip_hash.as_str().into(),
+                    entry.ip_hash.clone().into(),
                     entry.user_agent.as_str().into(),
                     i64::from(entry.duration_ms).into(),
                 ])
