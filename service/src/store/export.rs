@@ -67,9 +67,11 @@ type RowTuple = (
     Vec<u8>,        // ip_hash
 );
 
-/// The same columns as the JSON array of one row (SQLite), in [`RowTuple`]'s order; JSON
-/// holds no bytes, so the IP hash comes as its lower-case hex, as exports show it.
-const ROW_JSON: &str = r#""id", "ts", "duration_ms", "api_key_name", "api_key_prefix", "method", "endpoint", "query_params", "status_code", "error_code", lower(hex("ip_hash"))"#;
+/// The same columns as the JSON array of one row (SQLite), in [`RowTuple`]'s order. JSON
+/// holds no bytes, so the IP hash comes as its hex, which SQLite writes in upper case: it
+/// sorts as the bytes do, and [`RowRef::into_export_row`] lowers it (not SQL's `lower()`:
+/// the page is built on the driver's thread, the export's busiest).
+const ROW_JSON: &str = r#""id", "ts", "duration_ms", "api_key_name", "api_key_prefix", "method", "endpoint", "query_params", "status_code", "error_code", hex("ip_hash")"#;
 
 const COLUMNS: [log_entry::Column; 11] = [
     log_entry::Column::Id,
@@ -356,9 +358,18 @@ impl<'a> RowRef<'a> {
             query_params: query_params.map(|text| text.0),
             status_code: status,
             error_code: error.map(|text| text.0),
-            ip_hash: ip.0,
+            ip_hash: lower_case(ip.0),
             timestamp_micros: ts,
         }
+    }
+}
+
+/// Hex as exports show it, lower case; already lower-case text stays borrowed.
+fn lower_case(hex: Cow<'_, str>) -> Cow<'_, str> {
+    if hex.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(hex.to_ascii_lowercase())
+    } else {
+        hex
     }
 }
 
@@ -490,7 +501,7 @@ mod tests {
                     query_params,
                     200,
                     null,
-                    "ab"
+                    "AB"
                 ])
             })
             .collect();
@@ -526,6 +537,8 @@ mod tests {
         assert!(matches!(read.rows[1].query_params, Some(Cow::Owned(_))));
         assert!(matches!(read.rows[1].endpoint, Cow::Borrowed("/v1/models")));
         assert_eq!(read.rows[1].error_code, None);
+        // SQLite's hex is upper case; exports show the IP hash in lower case.
+        assert_eq!(read.rows[1].ip_hash, "ab");
 
         // A page no longer than the page size is the last.
         let last = json_page(full, order);
