@@ -705,16 +705,6 @@ impl Raw {
     }
 }
 
-/// A stored IP hash's bytes: `prefix` (hex) padded to 64 digits with `digit`.
-fn hash_range(prefix: &str, digit: char) -> Vec<u8> {
-    let padded: String = prefix
-        .chars()
-        .chain(std::iter::repeat(digit))
-        .take(64)
-        .collect();
-    reqlog_service::domain::ip::from_hex(&padded).unwrap_or_default()
-}
-
 const PAGE: i32 = 100;
 const COLUMNS: &str = "id, account_id, ts, request_id, api_key_id, api_key_name, api_key_prefix, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent, duration_ms";
 
@@ -1012,10 +1002,10 @@ pub(crate) async fn list(ctx: &Context, db: &BenchDb) -> Result<Vec<Figure>, Str
                     ..Default::default()
                 },
                 "ip_hash BETWEEN ? AND ?",
-                vec![
-                    Param::Bytes(hash_range(&hash_prefix, '0')),
-                    Param::Bytes(hash_range(&hash_prefix, 'f')),
-                ],
+                {
+                    let (low, high) = reqlog_service::domain::ip::hex_prefix_range(&hash_prefix);
+                    vec![Param::Bytes(low), Param::Bytes(high)]
+                },
             ),
         ),
         (

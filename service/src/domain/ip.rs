@@ -117,6 +117,21 @@ pub fn from_hex(hex: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// The lowest and highest 32-byte digest whose hex starts with `prefix` (the prefix padded
+/// with 0s, then with fs): hex digits, at most 64 of them, which the filter's validation
+/// guarantees.
+pub fn hex_prefix_range(prefix: &str) -> (Vec<u8>, Vec<u8>) {
+    let pad = |digit: char| {
+        let mut hex = prefix.to_owned();
+        hex.extend(std::iter::repeat_n(
+            digit,
+            64usize.saturating_sub(prefix.len()),
+        ));
+        from_hex(&hex).unwrap_or_default()
+    };
+    (pad('0'), pad('f'))
+}
+
 /// Lower-case hex of `bytes`.
 pub fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -144,6 +159,21 @@ mod tests {
             assert_eq!(from_hex(bad), None, "{bad}");
         }
         assert_eq!(IpHasher::Plain.digest("").unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn an_ip_hash_prefix_is_the_range_of_the_digests_that_start_with_it() {
+        let (low, high) = hex_prefix_range("ab1");
+        assert_eq!(low.len(), 32);
+        assert_eq!((low[0], low[1], low[31]), (0xab, 0x10, 0x00));
+        assert_eq!((high[0], high[1], high[31]), (0xab, 0x1f, 0xff));
+        let full = "0f".repeat(32);
+        assert_eq!(hex_prefix_range(&full), (vec![0x0f; 32], vec![0x0f; 32]));
+        // A digest's lower-case hex sorts as its bytes do, so the range is the prefix.
+        let inside = from_hex(&format!("ab1{}", "9".repeat(61))).unwrap();
+        let outside = from_hex(&format!("ab2{}", "0".repeat(61))).unwrap();
+        assert!(low <= inside && inside <= high);
+        assert!(outside > high);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use sea_orm::{
 use super::StoreError;
 use super::entity::{api_key, log_entry};
 use crate::domain::filter::{LogFilter, LogQuery, SortField, SortOrder};
-use crate::domain::ip::{from_hex, to_hex};
+use crate::domain::ip::{from_hex, hex_prefix_range, to_hex};
 use crate::domain::page_token::{Cursor, CursorValue};
 use crate::domain::record::METHODS;
 
@@ -335,8 +335,9 @@ fn cursor_expr(field: SortField, value: &CursorValue) -> Option<SimpleExpr> {
         CursorValue::Null => None,
         CursorValue::Int(value) => Some((*value).into()),
         CursorValue::Text(hex) if field == SortField::IpHash => {
-            // Tokens are sealed, so this is the hex `cursor_of` wrote; anything else would
-            // still compare as its own bytes rather than fail.
+            // Hex that `cursor_of` wrote (lower case, sealed in a token) or an export page's
+            // key (SQLite's upper case); anything else would still compare as its own bytes
+            // rather than fail.
             Some(
                 from_hex(hex)
                     .unwrap_or_else(|| hex.as_bytes().to_vec())
@@ -360,20 +361,6 @@ fn up_to(order: SortOrder, (ts, id): (i64, i64)) -> Condition {
     } else {
         pair.lte(bound)
     })
-}
-
-/// The lowest and highest 32-byte digest whose hex starts with `prefix`: hex digits, at
-/// most 64 of them, which the filter's validation guarantees.
-fn ip_hash_range(prefix: &str) -> (Vec<u8>, Vec<u8>) {
-    let pad = |digit: char| {
-        let mut hex = prefix.to_owned();
-        hex.extend(std::iter::repeat_n(
-            digit,
-            64usize.saturating_sub(prefix.len()),
-        ));
-        from_hex(&hex).unwrap_or_default()
-    };
-    (pad('0'), pad('f'))
 }
 
 /// `%term%` with `%`, `_` and `\` matched literally.
@@ -502,7 +489,7 @@ pub fn filter_condition(backend: DbBackend, account_id: &str, filter: &LogFilter
     if let Some(prefix) = &filter.ip_hash_prefix {
         // A hex prefix (of any length) is the range of the 32-byte digests that start with
         // it: the prefix padded with 0s, then with fs. An empty hash (no IP) lies outside.
-        let (low, high) = ip_hash_range(prefix);
+        let (low, high) = hex_prefix_range(prefix);
         all = all.add(C::IpHash.between(low, high));
     }
     if let Some(prefix) = &filter.endpoint_prefix {
@@ -571,21 +558,6 @@ mod tests {
             many.contains(r#"IN ('GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS')"#),
             "{many}"
         );
-    }
-
-    #[test]
-    fn an_ip_hash_prefix_is_the_range_of_the_digests_that_start_with_it() {
-        let (low, high) = ip_hash_range("ab1");
-        assert_eq!(low.len(), 32);
-        assert_eq!((low[0], low[1], low[31]), (0xab, 0x10, 0x00));
-        assert_eq!((high[0], high[1], high[31]), (0xab, 0x1f, 0xff));
-        let full = "0f".repeat(32);
-        assert_eq!(ip_hash_range(&full), (vec![0x0f; 32], vec![0x0f; 32]));
-        // A digest's lower-case hex sorts as its bytes do, so the range is the prefix.
-        let inside = from_hex(&format!("ab1{}", "9".repeat(61))).unwrap();
-        let outside = from_hex(&format!("ab2{}", "0".repeat(61))).unwrap();
-        assert!(low <= inside && inside <= high);
-        assert!(outside > high);
     }
 
     #[test]
