@@ -466,12 +466,27 @@ impl IngestService for NaiveIngest {
         let backend = self.db.get_database_backend();
         let sql = match backend {
             DbBackend::Postgres => {
-                "INSERT INTO log_entries (account_id, ts, request_id, api_key_id, api_key_name, api_key_prefix, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent, duration_ms, id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+                "INSERT INTO log_entries (account_id, ts, request_id, api_key_id, api_key_name, api_key_prefix, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent_id, duration_ms, id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, (SELECT id FROM user_agents WHERE value = $13), $14, $15)"
             }
             _ => {
-                "INSERT INTO log_entries (account_id, ts, request_id, api_key_id, api_key_name, api_key_prefix, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent, duration_ms, id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO log_entries (account_id, ts, request_id, api_key_id, api_key_name, api_key_prefix, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent_id, duration_ms, id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT id FROM user_agents WHERE value = ?), ?, ?)"
             }
         };
+        // Agents are a dictionary (`user_agents`), as in reqlog's schema.
+        let agent = match backend {
+            DbBackend::Postgres => {
+                "INSERT INTO user_agents (value) VALUES ($1) ON CONFLICT (value) DO NOTHING"
+            }
+            _ => "INSERT INTO user_agents (value) VALUES (?) ON CONFLICT (value) DO NOTHING",
+        };
+        self.db
+            .execute(Statement::from_sql_and_values(
+                backend,
+                agent,
+                [r.user_agent.clone().into()],
+            ))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         self.db
             .execute(Statement::from_sql_and_values(
                 backend,
@@ -706,7 +721,7 @@ impl Raw {
 }
 
 const PAGE: i32 = 100;
-const COLUMNS: &str = "id, account_id, ts, request_id, api_key_id, api_key_name, api_key_prefix, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent, duration_ms";
+const COLUMNS: &str = "id, account_id, ts, request_id, api_key_id, api_key_name, api_key_prefix, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent_id, duration_ms";
 
 /// Waits until the server's background indexer has copied every row into the search index
 /// (the watermark reaches the newest id); returns the seconds it took.

@@ -20,7 +20,7 @@ enum LogEntries {
     StatusCode,
     ErrorCode,
     IpHash,
-    UserAgent,
+    UserAgentId,
     DurationMs,
 }
 
@@ -88,7 +88,9 @@ impl MigrationTrait for Migration {
         // statements; `ts` is microseconds since the Unix epoch, UTC; ids of purged rows are
         // never handed out again. `ip_hash` holds the digest's 32 bytes (none without an IP):
         // as 64 hex characters it was a quarter of an SQLite row; byte order is the order of
-        // its lower-case hex, so sorting and prefix ranges work on the bytes.
+        // its lower-case hex, so sorting and prefix ranges work on the bytes. The user agent
+        // is an id in `user_agents` (none when empty): a few distinct strings repeat on
+        // every row, and no query filters, sorts or searches on them.
         match backend {
             // --- SQLite: the table is clustered on (account_id, ts, id) (WITHOUT ROWID). ---
             // An account's rows sit together in time order, so the default order, time
@@ -114,7 +116,7 @@ impl MigrationTrait for Migration {
                             status_code INTEGER NOT NULL,
                             error_code TEXT NULL,
                             ip_hash BLOB NOT NULL,
-                            user_agent TEXT NOT NULL,
+                            user_agent_id INTEGER NULL,
                             duration_ms INTEGER NOT NULL,
                             PRIMARY KEY (account_id, ts, id)
                         ) WITHOUT ROWID",
@@ -149,6 +151,8 @@ impl MigrationTrait for Migration {
                             )
                             .col(text(backend, LogEntries::AccountId).not_null())
                             .col(ColumnDef::new(LogEntries::Ts).big_integer().not_null())
+                            // After `ts`, where an 8-byte value needs no alignment padding.
+                            .col(ColumnDef::new(LogEntries::UserAgentId).big_integer().null())
                             .col(text(backend, LogEntries::RequestId).null())
                             .col(text(backend, LogEntries::ApiKeyId).not_null())
                             .col(text(backend, LogEntries::ApiKeyName).not_null())
@@ -159,7 +163,6 @@ impl MigrationTrait for Migration {
                             .col(ColumnDef::new(LogEntries::StatusCode).integer().not_null())
                             .col(text(backend, LogEntries::ErrorCode).null())
                             .col(ColumnDef::new(LogEntries::IpHash).binary().not_null())
-                            .col(text(backend, LogEntries::UserAgent).not_null())
                             .col(
                                 ColumnDef::new(LogEntries::DurationMs)
                                     .big_integer()
@@ -218,6 +221,8 @@ impl MigrationTrait for Migration {
         // Idempotency keys, bucketed by UTC day of the record's timestamp: day first, so
         // inserts cluster at the newest day instead of landing at random points of one big
         // tree. A lookup checks the record's day and both neighbours (API.md's 24 h window).
+        // The request id is kept as 16 bytes of its SHA-256 (`domain::record::request_key`):
+        // the row holds the text, and this table only needs equality.
         match backend {
             // --- SQLite: the key table is its own index (WITHOUT ROWID) ---
             DatabaseBackend::Sqlite => {
@@ -227,9 +232,9 @@ impl MigrationTrait for Migration {
                         "CREATE TABLE request_ids (
                             day INTEGER NOT NULL,
                             account_id TEXT NOT NULL,
-                            request_id TEXT NOT NULL,
+                            request_key BLOB NOT NULL,
                             log_id INTEGER NOT NULL,
-                            PRIMARY KEY (day, account_id, request_id)
+                            PRIMARY KEY (day, account_id, request_key)
                         ) WITHOUT ROWID",
                     )
                     .await?;
@@ -242,14 +247,38 @@ impl MigrationTrait for Migration {
                         "CREATE TABLE request_ids (
                             day BIGINT NOT NULL,
                             account_id TEXT COLLATE \"C\" NOT NULL,
-                            request_id TEXT COLLATE \"C\" NOT NULL,
+                            request_key BYTEA NOT NULL,
                             log_id BIGINT NOT NULL,
-                            PRIMARY KEY (day, account_id, request_id)
+                            PRIMARY KEY (day, account_id, request_key)
                         )",
                     )
                     .await?;
             }
         }
+
+        // The user agents rows name by id. Ingest adds a value the first time it is seen
+        // (`ON CONFLICT DO NOTHING`, so replicas may race); a value is never changed or
+        // removed, so an id means the same string forever and may be cached.
+        let user_agents = match backend {
+            // --- SQLite ---
+            DatabaseBackend::Sqlite => {
+                "CREATE TABLE user_agents (
+                    id INTEGER PRIMARY KEY,
+                    value TEXT NOT NULL UNIQUE
+                )"
+            }
+            // --- PostgreSQL ---
+            _ => {
+                "CREATE TABLE user_agents (
+                    id BIGSERIAL PRIMARY KEY,
+                    value TEXT COLLATE \"C\" NOT NULL UNIQUE
+                )"
+            }
+        };
+        manager
+            .get_connection()
+            .execute_unprepared(user_agents)
+            .await?;
 
         manager
             .create_table(
@@ -364,6 +393,7 @@ impl MigrationTrait for Migration {
             UsageStats::Table.into_iden(),
             Accounts::Table.into_iden(),
             ApiKeys::Table.into_iden(),
+            Alias::new("user_agents").into_iden(),
             Alias::new("request_ids").into_iden(),
             LogEntries::Table.into_iden(),
         ] {

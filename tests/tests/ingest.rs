@@ -828,7 +828,7 @@ async fn postgres_ingest_lookups_probe_the_indexes() {
         (
             "request_ids",
             REQUEST_IDS_SQL,
-            r#"[[20000,"acct_plan","plan-0-1"]]"#,
+            r#"[[20000,"acct_plan","00112233445566778899aabbccddeeff"]]"#,
             "request_ids",
         ),
     ] {

@@ -281,8 +281,8 @@ pub async fn prune_request_ids(
     let backend = db.get_database_backend();
     let sql = match backend {
         DbBackend::Postgres => {
-            "DELETE FROM request_ids WHERE (day, account_id, request_id) IN ( \
-                 SELECT day, account_id, request_id FROM request_ids \
+            "DELETE FROM request_ids WHERE (day, account_id, request_key) IN ( \
+                 SELECT day, account_id, request_key FROM request_ids \
                  WHERE account_id = $1 AND day = ANY(ARRAY( \
                      SELECT generate_series((SELECT MIN(day) FROM request_ids), $2::bigint - 1))) \
                  LIMIT $3)"
@@ -291,8 +291,8 @@ pub async fn prune_request_ids(
             "WITH RECURSIVE days(day) AS ( \
                  SELECT MIN(day) FROM request_ids \
                  UNION ALL SELECT day + 1 FROM days WHERE day + 1 < ?2) \
-             DELETE FROM request_ids WHERE (day, account_id, request_id) IN ( \
-                 SELECT day, account_id, request_id FROM request_ids \
+             DELETE FROM request_ids WHERE (day, account_id, request_key) IN ( \
+                 SELECT day, account_id, request_key FROM request_ids \
                  WHERE account_id = ?1 AND day IN (SELECT day FROM days WHERE day < ?2) \
                  LIMIT ?3)"
         }
@@ -615,15 +615,15 @@ mod tests {
         db.execute_unprepared(
             "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 9) \
              INSERT INTO log_entries (id, account_id, ts, api_key_id, api_key_name, \
-             api_key_prefix, method, endpoint, status_code, ip_hash, user_agent, duration_ms) \
+             api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
              SELECT i + 1, 'a', (100 + i) * 86400000000, 'k', 'name', 'pk_', 'GET', '/v1', \
-             200, X'ab', 'ua', 1 FROM n",
+             200, X'ab', 1 FROM n",
         )
         .await
         .unwrap();
         db.execute_unprepared(
-            "INSERT INTO request_ids (day, account_id, request_id, log_id) \
-             SELECT ts / 86400000000, account_id, 'r' || id, id FROM log_entries",
+            "INSERT INTO request_ids (day, account_id, request_key, log_id) \
+             SELECT ts / 86400000000, account_id, CAST('r' || id AS BLOB), id FROM log_entries",
         )
         .await
         .unwrap();

@@ -36,7 +36,11 @@ pub mod log_entry {
         pub error_code: Option<String>,
         /// The digest of the client IP (32 bytes), or none; the API shows it as hex.
         pub ip_hash: Vec<u8>,
-        /// The user agent.
+        /// The user agent's id in `user_agents`; none when the gateway sent none.
+        pub user_agent_id: Option<i64>,
+        /// The user agent's text: not a column of the table, filled in by
+        /// `store::logs::page` from `user_agents`.
+        #[sea_orm(ignore)]
         pub user_agent: String,
         /// Latency in milliseconds.
         pub duration_ms: i64,
@@ -63,9 +67,9 @@ pub mod request_id {
         /// The account.
         #[sea_orm(primary_key, auto_increment = false)]
         pub account_id: String,
-        /// The gateway's idempotency key.
+        /// The gateway's idempotency key, as `domain::record::request_key` stores it.
         #[sea_orm(primary_key, auto_increment = false)]
-        pub request_id: String,
+        pub request_key: Vec<u8>,
         /// The row stored first under this key.
         pub log_id: i64,
     }

@@ -32,13 +32,32 @@ pub async fn page(
     page_size: u32,
 ) -> Result<Page, StoreError> {
     let backend = db.get_database_backend();
-    if let Some(term) = indexed_search_term(query) {
-        return indexed_search_page(db, query, term, after, page_size).await;
+    let mut page = if let Some(term) = indexed_search_term(query) {
+        indexed_search_page(db, query, term, after, page_size).await?
+    } else {
+        let rows = page_select(backend, query, after, page_size)
+            .all(db)
+            .await?;
+        finish_page(query, rows, page_size)
+    };
+    fill_user_agents(db, &mut page.rows).await?;
+    Ok(page)
+}
+
+/// Puts each row's user agent text in place of its id (`user_agents`): one lookup a page.
+async fn fill_user_agents(
+    db: &impl ConnectionTrait,
+    rows: &mut [log_entry::Model],
+) -> Result<(), StoreError> {
+    let ids = rows.iter().filter_map(|row| row.user_agent_id);
+    let texts = super::user_agents::texts(db, ids).await?;
+    for row in rows.iter_mut() {
+        // Ids are never removed, so every row's id is found.
+        if let Some(text) = row.user_agent_id.and_then(|id| texts.get(&id)) {
+            row.user_agent.clone_from(text);
+        }
     }
-    let rows = page_select(backend, query, after, page_size)
-        .all(db)
-        .await?;
-    Ok(finish_page(query, rows, page_size))
+    Ok(())
 }
 
 fn finish_page(query: &LogQuery, mut rows: Vec<log_entry::Model>, page_size: u32) -> Page {

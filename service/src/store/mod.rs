@@ -7,6 +7,7 @@ pub mod export;
 pub mod logs;
 pub mod search;
 pub mod settings;
+pub mod user_agents;
 pub mod writer;
 
 use std::path::PathBuf;

@@ -437,9 +437,9 @@ mod tests {
         assert_eq!(index_pending(&db).await.unwrap(), 0);
         for statement in [
             "INSERT INTO log_entries (id, account_id, ts, api_key_id, api_key_name, \
-             api_key_prefix, method, endpoint, status_code, ip_hash, user_agent, duration_ms) \
-             VALUES (1, 'a', 1, 'k', 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 'ua', 1), \
-                    (2, 'a', 2, 'k', 'name', 'pk_', 'GET', '/v1/other', 200, X'ab', 'ua', 1)",
+             api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
+             VALUES (1, 'a', 1, 'k', 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 1), \
+                    (2, 'a', 2, 'k', 'name', 'pk_', 'GET', '/v1/other', 200, X'ab', 1)",
             "UPDATE log_id_sequence SET last_id = 2",
         ] {
             db.execute_unprepared(statement).await.unwrap();
@@ -474,8 +474,8 @@ mod tests {
         db.execute_unprepared(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600) \
              INSERT INTO log_entries (id, account_id, ts, api_key_id, api_key_name, \
-             api_key_prefix, method, endpoint, status_code, ip_hash, user_agent, duration_ms) \
-             SELECT i, 'a', i, 'k', 'name', 'pk_', 'GET', '/v1/row' || i, 200, X'ab', 'ua', 1 FROM n",
+             api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
+             SELECT i, 'a', i, 'k', 'name', 'pk_', 'GET', '/v1/row' || i, 200, X'ab', 1 FROM n",
         )
         .await
         .unwrap();
@@ -519,9 +519,9 @@ mod tests {
         let (_dir, db) = crate::store::test_database().await;
         db.execute_unprepared(
             "INSERT INTO log_entries (id, account_id, ts, api_key_id, api_key_name, \
-             api_key_prefix, method, endpoint, status_code, ip_hash, user_agent, duration_ms) \
-             VALUES (1, 'a', 1, 'gone', 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 'ua', 1), \
-                    (2, 'a', 2, 'kept', 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 'ua', 1)",
+             api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
+             VALUES (1, 'a', 1, 'gone', 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 1), \
+                    (2, 'a', 2, 'kept', 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 1)",
         )
         .await
         .unwrap();

@@ -22,7 +22,9 @@ use tokio::task::JoinHandle;
 
 use super::StoreError;
 use super::entity::{api_key, log_entry, request_id, usage_stat};
-use crate::domain::record::NewLogEntry;
+use super::user_agents::{AgentIds, GroupAgents};
+use crate::domain::ip::to_hex;
+use crate::domain::record::{NewLogEntry, RequestKey};
 use crate::domain::time::{day_of, hour_start_seconds};
 
 /// Rows a single multi-row INSERT carries: well under SQLite's 32,766 and PostgreSQL's
@@ -214,6 +216,7 @@ async fn run(
 ) {
     // A task met while gathering a group waits here until that group is committed.
     let mut held: Option<Job> = None;
+    let mut agents = AgentIds::default();
     loop {
         let first = match held.take() {
             Some(job) => job,
@@ -251,13 +254,18 @@ async fn run(
             }
             continue;
         }
-        commit_and_answer(&db, group, &stats).await;
+        commit_and_answer(&db, group, &stats, &mut agents).await;
     }
 }
 
-async fn commit_and_answer(db: &DatabaseConnection, group: Vec<IngestJob>, stats: &WriterStats) {
+async fn commit_and_answer(
+    db: &DatabaseConnection,
+    group: Vec<IngestJob>,
+    stats: &WriterStats,
+    agents: &mut AgentIds,
+) {
     let entries: Vec<&NewLogEntry> = group.iter().flat_map(|job| &job.entries).collect();
-    match commit_group(db, &entries).await {
+    match commit_group(db, &entries, agents).await {
         Ok(outcomes) => {
             record_stats(stats, &outcomes);
             let mut outcomes = outcomes.into_iter();
@@ -278,7 +286,7 @@ async fn commit_and_answer(db: &DatabaseConnection, group: Vec<IngestJob>, stats
             tracing::warn!(%error, jobs = group.len(), "group commit failed, retrying jobs one by one");
             for job in group {
                 let entries: Vec<&NewLogEntry> = job.entries.iter().collect();
-                let result = commit_group(db, &entries).await;
+                let result = commit_group(db, &entries, agents).await;
                 if let Ok(outcomes) = &result {
                     record_stats(stats, outcomes);
                 }
@@ -331,14 +339,14 @@ pub const DELETED_KEYS_SQL: &str = r#"
     ) k"#;
 
 /// PostgreSQL: the stored request ids among a group's probes (a JSON array of
-/// `[day, account_id, request_id]`), one index lookup each (see [`DELETED_KEYS_SQL`]).
+/// `[day, account_id, request key in hex]`), one index lookup each (see [`DELETED_KEYS_SQL`]).
 pub const REQUEST_IDS_SQL: &str = r#"
     SELECT w.n, r.day, r.log_id FROM json_array_elements($1::json) WITH ORDINALITY AS w(v, n)
     CROSS JOIN LATERAL (
         SELECT r.day, r.log_id FROM request_ids r
         WHERE r.day = (w.v->>0)::bigint
           AND r.account_id = (w.v->>1) COLLATE "C"
-          AND r.request_id = (w.v->>2) COLLATE "C"
+          AND r.request_key = decode(w.v->>2, 'hex')
         LIMIT 1
     ) r"#;
 
@@ -355,6 +363,7 @@ enum Decision {
 async fn commit_group(
     db: &DatabaseConnection,
     entries: &[&NewLogEntry],
+    agents: &mut AgentIds,
 ) -> Result<Vec<IngestOutcome>, StoreError> {
     let txn = super::begin_write(db).await?;
     let backend = txn.get_database_backend();
@@ -370,13 +379,13 @@ async fn commit_group(
     // Decide each record in order, so a repeated request_id inside the group is a duplicate
     // of its first occurrence.
     let mut decisions = Vec::with_capacity(entries.len());
-    let mut first_in_group: HashMap<(&str, &str), Vec<(i64, usize)>> = HashMap::new();
+    let mut first_in_group: HashMap<(&str, RequestKey), Vec<(i64, usize)>> = HashMap::new();
     for (index, entry) in entries.iter().enumerate() {
         if deleted.contains(&(entry.account_id.as_str(), entry.api_key_id.as_str())) {
             decisions.push(Decision::KeyDeleted);
             continue;
         }
-        let Some(rid) = entry.request_id.as_deref() else {
+        let Some(rid) = entry.request_key else {
             decisions.push(Decision::Store);
             continue;
         };
@@ -409,9 +418,14 @@ async fn commit_group(
         decisions[index] = Decision::Duplicate(log_id);
     }
 
-    insert_rows(&txn, entries, &assigned).await?;
+    let stored_agents = assigned
+        .keys()
+        .map(|&index| entries[index].user_agent.as_str());
+    let group_agents = agents.resolve(&txn, stored_agents).await?;
+    insert_rows(&txn, entries, &assigned, (agents, &group_agents)).await?;
     upsert_usage(&txn, backend, entries, &assigned).await?;
     txn.commit().await?;
+    agents.committed(group_agents);
 
     let mut outcomes: Vec<IngestOutcome> = Vec::with_capacity(entries.len());
     for (index, decision) in decisions.iter().enumerate() {
@@ -514,27 +528,31 @@ fn probe_at<T>(probes: &[T], position: i64) -> Option<&T> {
 async fn existing_request_ids<'a>(
     txn: &DatabaseTransaction,
     entries: &[&'a NewLogEntry],
-) -> Result<HashMap<(&'a str, &'a str), Vec<(i64, i64)>>, StoreError> {
-    let wanted: Vec<(i64, &str, &str)> = entries
+) -> Result<HashMap<(&'a str, RequestKey), Vec<(i64, i64)>>, StoreError> {
+    let wanted: Vec<(i64, &str, RequestKey)> = entries
         .iter()
         .filter_map(|entry| {
-            let rid = entry.request_id.as_deref()?;
+            let rid = entry.request_key?;
             Some((day_of(entry.ts_micros), entry.account_id.as_str(), rid))
         })
         .collect();
-    let mut found: HashMap<(&str, &str), Vec<(i64, i64)>> = HashMap::new();
+    let mut found: HashMap<(&str, RequestKey), Vec<(i64, i64)>> = HashMap::new();
     if txn.get_database_backend() == DbBackend::Postgres {
-        let probe: Vec<(i64, &str, &str)> = wanted
+        let probe: Vec<(i64, &str, RequestKey)> = wanted
             .iter()
             .flat_map(|&(day, account, rid)| {
                 [day - 1, day, day + 1].map(|probe_day| (probe_day, account, rid))
             })
             .collect();
+        let json: Vec<(i64, &str, String)> = probe
+            .iter()
+            .map(|&(day, account, rid)| (day, account, to_hex(&rid)))
+            .collect();
         let rows = txn
             .query_all(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 REQUEST_IDS_SQL,
-                [super::json_param(&probe)?.into()],
+                [super::json_param(&json)?.into()],
             ))
             .await?;
         for row in rows {
@@ -553,14 +571,14 @@ async fn existing_request_ids<'a>(
                 Condition::all()
                     .add(Expr::col(request_id::Column::Day).is_in([day - 1, *day, day + 1]))
                     .add(Expr::col(request_id::Column::AccountId).eq(*account))
-                    .add(Expr::col(request_id::Column::RequestId).eq(*rid)),
+                    .add(Expr::col(request_id::Column::RequestKey).eq(rid.to_vec())),
             );
         }
         let query = Query::select()
             .columns([
                 request_id::Column::Day,
                 request_id::Column::AccountId,
-                request_id::Column::RequestId,
+                request_id::Column::RequestKey,
                 request_id::Column::LogId,
             ])
             .from(request_id::Entity)
@@ -571,10 +589,10 @@ async fn existing_request_ids<'a>(
             .await?
         {
             let account: String = row.try_get("", "account_id")?;
-            let rid: String = row.try_get("", "request_id")?;
+            let rid: Vec<u8> = row.try_get("", "request_key")?;
             let day: i64 = row.try_get("", "day")?;
             let log_id: i64 = row.try_get("", "log_id")?;
-            if let Some(&(_, a, r)) = chunk.iter().find(|(_, a, r)| *a == account && *r == rid) {
+            if let Some(&(_, a, r)) = chunk.iter().find(|(_, a, r)| *a == account && *r == *rid) {
                 found.entry((a, r)).or_default().push((day, log_id));
             }
         }
@@ -640,11 +658,11 @@ async fn claim_request_ids(
     entries: &[&NewLogEntry],
     assigned: &HashMap<usize, i64>,
 ) -> Result<Vec<(usize, i64)>, StoreError> {
-    let mut claims: Vec<(usize, i64, &str, &str, i64)> = assigned
+    let mut claims: Vec<(usize, i64, &str, RequestKey, i64)> = assigned
         .iter()
         .filter_map(|(&index, &log_id)| {
             let entry = entries[index];
-            let rid = entry.request_id.as_deref()?;
+            let rid = entry.request_key?;
             Some((
                 index,
                 day_of(entry.ts_micros),
@@ -663,14 +681,14 @@ async fn claim_request_ids(
             .columns([
                 request_id::Column::Day,
                 request_id::Column::AccountId,
-                request_id::Column::RequestId,
+                request_id::Column::RequestKey,
                 request_id::Column::LogId,
             ])
             .on_conflict(
                 OnConflict::columns([
                     request_id::Column::Day,
                     request_id::Column::AccountId,
-                    request_id::Column::RequestId,
+                    request_id::Column::RequestKey,
                 ])
                 .do_nothing()
                 .to_owned(),
@@ -678,7 +696,12 @@ async fn claim_request_ids(
             .returning_col(request_id::Column::LogId);
         for &(_, day, account, rid, log_id) in chunk {
             insert
-                .values([day.into(), account.into(), rid.into(), log_id.into()])
+                .values([
+                    day.into(),
+                    account.into(),
+                    rid.to_vec().into(),
+                    log_id.into(),
+                ])
                 .map_err(|error| StoreError::Database(DbErr::Custom(error.to_string())))?;
         }
         let rows = txn
@@ -700,7 +723,7 @@ async fn claim_request_ids(
                 .from(request_id::Entity)
                 .and_where(Expr::col(request_id::Column::Day).eq(day))
                 .and_where(Expr::col(request_id::Column::AccountId).eq(account))
-                .and_where(Expr::col(request_id::Column::RequestId).eq(rid))
+                .and_where(Expr::col(request_id::Column::RequestKey).eq(rid.to_vec()))
                 .to_owned();
             let row = txn
                 .query_one(txn.get_database_backend().build(&query))
@@ -717,6 +740,7 @@ async fn insert_rows(
     txn: &DatabaseTransaction,
     entries: &[&NewLogEntry],
     assigned: &HashMap<usize, i64>,
+    (agents, group_agents): (&AgentIds, &GroupAgents),
 ) -> Result<(), StoreError> {
     let mut rows: Vec<(i64, &NewLogEntry)> = assigned
         .iter()
@@ -739,7 +763,7 @@ async fn insert_rows(
             log_entry::Column::StatusCode,
             log_entry::Column::ErrorCode,
             log_entry::Column::IpHash,
-            log_entry::Column::UserAgent,
+            log_entry::Column::UserAgentId,
             log_entry::Column::DurationMs,
         ]);
         for &(id, entry) in chunk {
@@ -758,7 +782,7 @@ async fn insert_rows(
                     entry.status_code.into(),
                     entry.error_code.as_deref().into(),
                     entry.ip_hash.clone().into(),
-                    entry.user_agent.as_str().into(),
+                    agents.id(group_agents, &entry.user_agent).into(),
                     i64::from(entry.duration_ms).into(),
                 ])
                 .map_err(|error| StoreError::Database(DbErr::Custom(error.to_string())))?;
