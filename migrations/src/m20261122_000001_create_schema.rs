@@ -149,10 +149,18 @@ impl MigrationTrait for Migration {
                                     .auto_increment()
                                     .primary_key(),
                             )
-                            .col(text(backend, LogEntries::AccountId).not_null())
+                            // Fixed-width columns first, widest first: after a text
+                            // column an 8-byte value is padded to its alignment, which
+                            // cost up to 16 bytes a row in the first order.
                             .col(ColumnDef::new(LogEntries::Ts).big_integer().not_null())
-                            // After `ts`, where an 8-byte value needs no alignment padding.
                             .col(ColumnDef::new(LogEntries::UserAgentId).big_integer().null())
+                            .col(
+                                ColumnDef::new(LogEntries::DurationMs)
+                                    .big_integer()
+                                    .not_null(),
+                            )
+                            .col(ColumnDef::new(LogEntries::StatusCode).integer().not_null())
+                            .col(text(backend, LogEntries::AccountId).not_null())
                             .col(text(backend, LogEntries::RequestId).null())
                             .col(text(backend, LogEntries::ApiKeyId).not_null())
                             .col(text(backend, LogEntries::ApiKeyName).not_null())
@@ -160,14 +168,8 @@ impl MigrationTrait for Migration {
                             .col(text(backend, LogEntries::Method).not_null())
                             .col(text(backend, LogEntries::Endpoint).not_null())
                             .col(text(backend, LogEntries::QueryParams).null())
-                            .col(ColumnDef::new(LogEntries::StatusCode).integer().not_null())
                             .col(text(backend, LogEntries::ErrorCode).null())
                             .col(ColumnDef::new(LogEntries::IpHash).binary().not_null())
-                            .col(
-                                ColumnDef::new(LogEntries::DurationMs)
-                                    .big_integer()
-                                    .not_null(),
-                            )
                             .to_owned(),
                     )
                     .await?;
@@ -331,16 +333,13 @@ impl MigrationTrait for Migration {
             .create_table(
                 usage_stats
                     .table(UsageStats::Table)
-                    .col(text(backend, UsageStats::AccountId).not_null())
+                    // Fixed-width columns first (PostgreSQL pads an 8-byte value that
+                    // follows text to its alignment); the key's order is the primary key's.
                     .col(
                         ColumnDef::new(UsageStats::BucketStart)
                             .big_integer()
                             .not_null(),
                     )
-                    .col(text(backend, UsageStats::ApiKeyId).not_null())
-                    .col(text(backend, UsageStats::Endpoint).not_null())
-                    .col(text(backend, UsageStats::Method).not_null())
-                    .col(ColumnDef::new(UsageStats::StatusCode).integer().not_null())
                     .col(
                         ColumnDef::new(UsageStats::RequestCount)
                             .big_integer()
@@ -361,6 +360,11 @@ impl MigrationTrait for Migration {
                             .big_integer()
                             .not_null(),
                     )
+                    .col(ColumnDef::new(UsageStats::StatusCode).integer().not_null())
+                    .col(text(backend, UsageStats::AccountId).not_null())
+                    .col(text(backend, UsageStats::ApiKeyId).not_null())
+                    .col(text(backend, UsageStats::Endpoint).not_null())
+                    .col(text(backend, UsageStats::Method).not_null())
                     .primary_key(
                         Index::create()
                             .col(UsageStats::AccountId)
