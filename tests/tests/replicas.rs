@@ -23,6 +23,13 @@ const RECENT_ROWS: usize = 40;
 /// not kept apart would interleave and split the rows between them.
 const DELETE_BATCH_ROWS: &str = "20";
 
+/// User agents the replicas' records carry.
+const REPLICA_AGENTS: usize = 7;
+
+fn replica_agent(n: usize) -> String {
+    format!("replica-agent/{}", n % REPLICA_AGENTS)
+}
+
 /// A recent timestamp (inside every retention window), varied by `n`.
 fn recent(n: usize) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -128,13 +135,15 @@ async fn two_server_processes_share_one_database() {
     let phase = Instant::now();
 
     // 1. The same request ids through both replicas at once, from two callers on each, in
-    // different orders: one row per id, and every answer names that row.
+    // different orders: one row per id, and every answer names that row. The user agents
+    // are new to both, so the replicas also race to add them to the dictionary.
     let records: Arc<Vec<pb::RequestRecord>> = Arc::new(
         (0..SHARED_IDS)
             .map(|n| {
                 let mut record = record(INGEST_ACCOUNT, n);
                 record.request_id = format!("shared-{n}");
                 record.timestamp = Some(recent(n));
+                record.user_agent = replica_agent(n);
                 record
             })
             .collect(),
@@ -200,8 +209,17 @@ async fn two_server_processes_share_one_database() {
         assert_eq!(page.total_size, SHARED_IDS as i64);
         for log in &page.logs {
             assert_eq!(answers[0][&log.request_id].0, log.id);
+            let n: usize = log.request_id["shared-".len()..].parse().expect("a number");
+            assert_eq!(log.user_agent, replica_agent(n));
         }
     }
+    let agents = count(
+        &db,
+        "SELECT COUNT(*) AS n FROM user_agents WHERE value LIKE $1",
+        "replica-agent/%",
+    )
+    .await;
+    assert_eq!(agents, REPLICA_AGENTS as i64, "each agent is stored once");
     eprintln!("idempotency across replicas: {:?}", phase.elapsed());
     let phase = Instant::now();
 

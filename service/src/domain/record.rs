@@ -154,7 +154,6 @@ pub fn parse_method(field: &str, value: &str) -> Result<&'static str, Violation>
         })
 }
 
-/// Optional text: "" becomes `None`.
 /// The first 16 bytes of a request id's SHA-256.
 pub type RequestKey = [u8; 16];
 
@@ -169,6 +168,7 @@ pub fn request_key(request_id: &str) -> RequestKey {
     key
 }
 
+/// Optional text: "" becomes `None`.
 fn non_empty(value: &str) -> Option<String> {
     (!value.is_empty()).then(|| value.to_owned())
 }

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use super::StoreError;
 use super::entity::{api_key, log_entry, request_id, usage_stat};
-use super::user_agents::{AgentIds, GroupAgents};
+use super::user_agents::AgentIds;
 use crate::domain::ip::to_hex;
 use crate::domain::record::{NewLogEntry, RequestKey};
 use crate::domain::time::{day_of, hour_start_seconds};
@@ -422,7 +422,8 @@ async fn commit_group(
         .keys()
         .map(|&index| entries[index].user_agent.as_str());
     let group_agents = agents.resolve(&txn, stored_agents).await?;
-    insert_rows(&txn, entries, &assigned, (agents, &group_agents)).await?;
+    let agent_id = |agent: &str| agents.id(&group_agents, agent);
+    insert_rows(&txn, entries, &assigned, agent_id).await?;
     upsert_usage(&txn, backend, entries, &assigned).await?;
     txn.commit().await?;
     agents.committed(group_agents);
@@ -740,7 +741,7 @@ async fn insert_rows(
     txn: &DatabaseTransaction,
     entries: &[&NewLogEntry],
     assigned: &HashMap<usize, i64>,
-    (agents, group_agents): (&AgentIds, &GroupAgents),
+    agent_id: impl Fn(&str) -> Option<i64>,
 ) -> Result<(), StoreError> {
     let mut rows: Vec<(i64, &NewLogEntry)> = assigned
         .iter()
@@ -782,7 +783,7 @@ async fn insert_rows(
                     entry.status_code.into(),
                     entry.error_code.as_deref().into(),
                     entry.ip_hash.clone().into(),
-                    agents.id(group_agents, &entry.user_agent).into(),
+                    agent_id(&entry.user_agent).into(),
                     i64::from(entry.duration_ms).into(),
                 ])
                 .map_err(|error| StoreError::Database(DbErr::Custom(error.to_string())))?;
