@@ -673,7 +673,9 @@ async fn claim_request_ids(
             ))
         })
         .collect();
-    claims.sort_unstable_by_key(|claim| claim.0);
+    // In key order: two PostgreSQL replicas claiming the same keys then wait for each other
+    // instead of each holding one the other wants (a deadlock, which fails a group).
+    claims.sort_unstable_by_key(|&(_, day, account, key, _)| (day, account, key));
     let mut lost = Vec::new();
     for chunk in claims.chunks(INSERT_CHUNK_ROWS) {
         let mut insert = Query::insert();
