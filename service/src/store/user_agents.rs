@@ -10,7 +10,7 @@ use sea_orm::{ConnectionTrait, DbErr};
 
 use super::StoreError;
 
-/// Values one statement carries (SQLite parses long OR chains and IN lists fine up to this).
+/// Values one statement carries: well under either backend's limit on bound parameters.
 const CHUNK: usize = 500;
 /// Values the writer remembers; past this the cache starts over (a gateway sending a new
 /// agent on every call must not grow the writer's memory without bound).
