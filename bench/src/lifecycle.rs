@@ -12,7 +12,10 @@ use tokio_stream::StreamExt;
 
 use crate::data::{self, Generator};
 use crate::server::ServerProcess;
-use crate::workloads::{BenchDb, figure, percentile, record_until, wait_for_search_removals};
+use crate::workloads::{
+    BenchDb, account_no, figure, find_account_no, percentile, record_until,
+    wait_for_search_removals,
+};
 use crate::{Backend, Context, Figure};
 
 /// The key W5 purges: it holds a tenth of the rows.
@@ -174,15 +177,15 @@ async fn delete_batches(
     Ok(total)
 }
 
-/// One batch of an account's rows matching `condition`, deleted by primary key: the
+/// One batch of an account's rows (by its number) matching `condition`, deleted by primary key: the
 /// clustered key on SQLite (no index on id alone), id on PostgreSQL.
 fn by_key(ctx: &Context, condition: &str) -> String {
     match ctx.backend {
         Backend::Sqlite => format!(
-            "DELETE FROM log_entries WHERE (account_id, ts, id) IN (SELECT account_id, ts, id FROM log_entries WHERE account_id = ? AND {condition} LIMIT {DELETE_BATCH})"
+            "DELETE FROM log_entries WHERE (account_no, ts, id) IN (SELECT account_no, ts, id FROM log_entries WHERE account_no = ? AND {condition} LIMIT {DELETE_BATCH})"
         ),
         Backend::Postgres => format!(
-            "DELETE FROM log_entries WHERE id IN (SELECT id FROM log_entries WHERE account_id = ? AND {condition} LIMIT {DELETE_BATCH})"
+            "DELETE FROM log_entries WHERE id IN (SELECT id FROM log_entries WHERE account_no = ? AND {condition} LIMIT {DELETE_BATCH})"
         ),
     }
 }
@@ -251,12 +254,13 @@ pub(crate) async fn purge(ctx: &Context) -> Result<Vec<Figure>, String> {
     // SQLite's indexer drops the purged rows' search postings after the call: timed apart,
     // and over before the idle latency is measured.
     let purge_cleanup = wait_for_search_removals(&db).await?;
+    let purge_account_no = account_no(&baseline_db, PURGE_ACCOUNT).await?;
     let started = Instant::now();
     let baseline_purged = delete_batches(
         ctx,
         &baseline_db,
         &sql(ctx, &by_key(ctx, "api_key_id = ?")),
-        vec![PURGE_ACCOUNT.into(), PURGE_KEY.into()],
+        vec![purge_account_no.into(), PURGE_KEY.into()],
     )
     .await?;
     let baseline_seconds = started.elapsed().as_secs_f64();
@@ -326,14 +330,19 @@ pub(crate) async fn purge(ctx: &Context) -> Result<Vec<Figure>, String> {
 
     // The service's sweep is a little later than the data's "now": rows within those
     // seconds of the cutoff may differ, so the baseline deletes by the service's count.
+    let mut numbers = Vec::with_capacity(data::ACCOUNTS);
+    for account in (0..data::ACCOUNTS).map(data::account_name) {
+        // An account the data gave no rows (small runs) has no number and nothing to delete.
+        numbers.extend(find_account_no(&baseline_db, &account).await?);
+    }
     let started = Instant::now();
     let mut baseline_swept = 0;
-    for account in (0..data::ACCOUNTS).map(data::account_name) {
+    for number in numbers {
         baseline_swept += delete_batches(
             ctx,
             &baseline_db,
             &sql(ctx, &by_key(ctx, "ts < ?")),
-            vec![account.into(), cutoff.into()],
+            vec![number.into(), cutoff.into()],
         )
         .await?;
     }
@@ -476,6 +485,7 @@ pub(crate) async fn export(ctx: &Context) -> Result<Vec<Figure>, String> {
 /// The baseline export: the same nine columns and order, timestamps formatted by the
 /// database, written as CSV into memory; returns seconds.
 async fn baseline_export(ctx: &Context, db: &BenchDb) -> Result<f64, String> {
+    let number = account_no(db, EXPORT_ACCOUNT).await?;
     match (&db.file, ctx.backend) {
         (Some(file), Backend::Sqlite) => {
             let conn = rusqlite::Connection::open(file).map_err(|e| e.to_string())?;
@@ -484,10 +494,10 @@ async fn baseline_export(ctx: &Context, db: &BenchDb) -> Result<f64, String> {
                 .prepare(
                     "SELECT api_key_name, api_key_prefix, method, endpoint, query_params, status_code, \
                      error_code, lower(hex(ip_hash)), strftime('%Y-%m-%dT%H:%M:%fZ', ts / 1000000.0, 'unixepoch') \
-                     FROM log_entries WHERE account_id = ?1 ORDER BY ts DESC, id DESC",
+                     FROM log_entries WHERE account_no = ?1 ORDER BY ts DESC, id DESC",
                 )
                 .map_err(|e| e.to_string())?;
-            let mut rows = query.query([EXPORT_ACCOUNT]).map_err(|e| e.to_string())?;
+            let mut rows = query.query([number]).map_err(|e| e.to_string())?;
             let mut out = Vec::with_capacity(1 << 20);
             let mut written = 0usize;
             while let Some(row) = rows.next().map_err(|e| e.to_string())? {
@@ -538,7 +548,7 @@ async fn baseline_export(ctx: &Context, db: &BenchDb) -> Result<f64, String> {
                 .copy_out_raw(&format!(
                     "COPY (SELECT api_key_name, api_key_prefix, method, endpoint, query_params, status_code, \
                      error_code, encode(ip_hash, 'hex'), to_char(to_timestamp(ts / 1000000.0) AT TIME ZONE 'UTC', \
-                     'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') FROM log_entries WHERE account_id = '{EXPORT_ACCOUNT}' \
+                     'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') FROM log_entries WHERE account_no = {number} \
                      ORDER BY ts DESC, id DESC) TO STDOUT (FORMAT csv)"
                 ))
                 .await

@@ -30,7 +30,7 @@ impl MigrationTrait for Migration {
             .execute_unprepared(
                 "CREATE TABLE log_search (
                     id BIGINT NOT NULL PRIMARY KEY,
-                    account_id TEXT COLLATE \"C\" NOT NULL,
+                    account_no INTEGER NOT NULL,
                     doc TEXT COLLATE \"C\" NOT NULL
                 )",
             )

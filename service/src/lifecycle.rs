@@ -315,20 +315,18 @@ impl Lifecycle {
             });
         }
         let retentions = admin::retentions(&self.db, self.default_plan).await?;
-        let accounts = match only {
-            Some(account) => vec![account.to_owned()],
-            None => admin::accounts_with_rows(&self.db).await?,
-        };
+        let accounts = admin::accounts_with_rows(&self.db, only).await?;
         let now = now_micros();
         let items: Vec<(admin::SweepItem, Retention)> = accounts
             .into_iter()
-            .map(|account_id| {
+            .map(|(account_id, account_no)| {
                 let retention = retentions.get(&account_id).copied().unwrap_or(Retention {
                     plan: self.default_plan,
                     override_days: None,
                 });
                 let item = admin::SweepItem {
                     account_id,
+                    account_no,
                     cutoff_micros: retention.cutoff(now),
                 };
                 (item, retention)

@@ -127,6 +127,8 @@ async fn purge_removes_a_key_and_refuses_it_later(backend: Backend) {
     server.client.record_batch(records).await.expect("seed");
     let stats_before = totals(&server, "acct_pg").await;
     assert_eq!(stats_before.0, 60);
+    // An account that never sent a record has no statistics.
+    assert_eq!(totals(&server, "acct_never").await, (0, 0, 0, 0));
 
     let purge = |key: &str| {
         let request = pb::PurgeForKeyRequest {

@@ -451,7 +451,7 @@ async fn postgres_stopped_during_ingest_recovers_and_loses_nothing() {
         .query_one(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT COUNT(*) AS total, COUNT(DISTINCT request_id) AS distinct_ids \
-             FROM log_entries WHERE account_id = $1",
+             FROM log_entries WHERE account_no = (SELECT id FROM account_numbers WHERE value = $1)",
             [ACCOUNT.into()],
         ))
         .await

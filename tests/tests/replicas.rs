@@ -135,8 +135,9 @@ async fn two_server_processes_share_one_database() {
     let phase = Instant::now();
 
     // 1. The same request ids through both replicas at once, from two callers on each, in
-    // different orders: one row per id, and every answer names that row. The user agents
-    // are new to both, so the replicas also race to add them to the dictionary.
+    // different orders: one row per id, and every answer names that row. The account and
+    // the user agents are new to both, so the replicas also race to add them to the
+    // dictionaries.
     let records: Arc<Vec<pb::RequestRecord>> = Arc::new(
         (0..SHARED_IDS)
             .map(|n| {
@@ -183,18 +184,25 @@ async fn two_server_processes_share_one_database() {
     }
     let rows = count(
         &db,
-        "SELECT COUNT(*) AS n FROM log_entries WHERE account_id = $1",
+        "SELECT COUNT(*) AS n FROM log_entries WHERE account_no = (SELECT id FROM account_numbers WHERE value = $1)",
         INGEST_ACCOUNT,
     )
     .await;
     assert_eq!(rows, SHARED_IDS as i64);
     let distinct = count(
         &db,
-        "SELECT COUNT(DISTINCT request_id) AS n FROM log_entries WHERE account_id = $1",
+        "SELECT COUNT(DISTINCT request_id) AS n FROM log_entries WHERE account_no = (SELECT id FROM account_numbers WHERE value = $1)",
         INGEST_ACCOUNT,
     )
     .await;
     assert_eq!(distinct, SHARED_IDS as i64);
+    let numbers = count(
+        &db,
+        "SELECT COUNT(*) AS n FROM account_numbers WHERE value = $1",
+        INGEST_ACCOUNT,
+    )
+    .await;
+    assert_eq!(numbers, 1, "one number for the account both replicas added");
     // Both replicas list the same rows (and the one answer's id is the listed row's id).
     for client in [&client_a, &client_b] {
         let page = client
@@ -266,7 +274,7 @@ async fn two_server_processes_share_one_database() {
     );
     let left = count(
         &db,
-        "SELECT COUNT(*) AS n FROM log_entries WHERE account_id = $1 AND api_key_id = 'key_purged'",
+        "SELECT COUNT(*) AS n FROM log_entries WHERE account_no = (SELECT id FROM account_numbers WHERE value = $1) AND api_key_id = 'key_purged'",
         PURGE_ACCOUNT,
     )
     .await;
@@ -353,7 +361,7 @@ async fn two_server_processes_share_one_database() {
     assert_eq!(
         count(
             &db,
-            "SELECT COUNT(*) AS n FROM log_entries WHERE account_id = $1",
+            "SELECT COUNT(*) AS n FROM log_entries WHERE account_no = (SELECT id FROM account_numbers WHERE value = $1)",
             SWEEP_ACCOUNT
         )
         .await,
@@ -362,7 +370,7 @@ async fn two_server_processes_share_one_database() {
     assert_eq!(
         count(
             &db,
-            "SELECT COUNT(*) AS n FROM log_entries WHERE account_id = $1",
+            "SELECT COUNT(*) AS n FROM log_entries WHERE account_no = (SELECT id FROM account_numbers WHERE value = $1)",
             INGEST_ACCOUNT
         )
         .await,

@@ -10,6 +10,7 @@ use sea_orm::{
 };
 
 use super::StoreError;
+use super::dictionary::account_no;
 use super::entity::{account, api_key, log_entry, usage_stat};
 use crate::domain::lifecycle::{Dimension, Granularity, Plan, Retention, UsageQuery};
 use crate::domain::time::day_of;
@@ -114,10 +115,13 @@ pub async fn delete_key_rows(
     api_key_id: &str,
     limit: u64,
 ) -> Result<u64, StoreError> {
+    let Some(account_no) = account_no(db, account_id).await? else {
+        return Ok(0);
+    };
     let mut batch = Query::select();
     batch
         .from(log_entry::Entity)
-        .and_where(log_entry::Column::AccountId.eq(account_id))
+        .and_where(log_entry::Column::AccountNo.eq(account_no))
         .and_where(log_entry::Column::ApiKeyId.eq(api_key_id))
         .limit(limit);
     let txn = super::begin_write(db).await?;
@@ -131,6 +135,8 @@ pub async fn delete_key_rows(
 pub struct SweepItem {
     /// The account.
     pub account_id: String,
+    /// Its number in `account_numbers`.
+    pub account_no: i64,
     /// Rows older than this (microseconds) go.
     pub cutoff_micros: i64,
 }
@@ -171,7 +177,7 @@ pub async fn sweep_step(
         let mut batch = Query::select();
         batch
             .from(log_entry::Entity)
-            .and_where(log_entry::Column::AccountId.eq(item.account_id.as_str()))
+            .and_where(log_entry::Column::AccountNo.eq(item.account_no))
             .and_where(log_entry::Column::Ts.lt(item.cutoff_micros))
             .limit(left);
         let deleted = delete_batch(&txn, batch).await?;
@@ -182,7 +188,7 @@ pub async fn sweep_step(
         let finished = left > 0 && {
             left -= prune_request_ids(
                 &txn,
-                &item.account_id,
+                item.account_no,
                 request_id_horizon(item.cutoff_micros),
                 left,
             )
@@ -196,7 +202,7 @@ pub async fn sweep_step(
 }
 
 /// Deletes the rows `batch` (a SELECT without columns) finds, and their search-index
-/// entries: by their primary key `(account_id, ts, id)` on SQLite, where the table is
+/// entries: by their primary key `(account_no, ts, id)` on SQLite, where the table is
 /// clustered on it, queueing the indexed rows' postings for the indexer to drop; by `id` on
 /// PostgreSQL, with their `log_search` rows.
 async fn delete_batch(
@@ -209,11 +215,11 @@ async fn delete_batch(
             // In key order, so that the two statements below choose the same rows (the
             // callers' batches are one account's, read from an index in this order).
             batch
-                .columns([C::AccountId, C::Ts, C::Id])
+                .columns([C::AccountNo, C::Ts, C::Id])
                 .order_by(C::Ts, Order::Asc)
                 .order_by(C::Id, Order::Asc);
             let (batch_sql, values) = batch.build(sea_orm::sea_query::SqliteQueryBuilder);
-            let chosen = format!(r#"("account_id", "ts", "id") IN ({batch_sql})"#);
+            let chosen = format!(r#"("account_no", "ts", "id") IN ({batch_sql})"#);
             // Stable while this transaction holds the write lock (the indexer writes too).
             let indexed_through = super::search::watermark(txn).await?;
             // Queued for the indexer rather than dropped here: FTS5's per-row 'delete' was
@@ -268,22 +274,22 @@ async fn delete_batch(
 /// Forgets up to `limit` idempotency keys of an account from days before `before_day`;
 /// returns how many.
 ///
-/// The key leads with the day, so `account_id = ? AND day < ?` is a range over every account's
+/// The key leads with the day, so `account_no = ? AND day < ?` is a range over every account's
 /// old keys, read again for each account a sweep finishes (PostgreSQL: 1,001 sequential scans
 /// of `request_ids` reading 206M rows in one sweep of 270k rows). One probe of
-/// `(day, account_id)` per day since the oldest stored day seeks to the account's keys instead.
+/// `(day, account_no)` per day since the oldest stored day seeks to the account's keys instead.
 pub async fn prune_request_ids(
     db: &impl ConnectionTrait,
-    account_id: &str,
+    account_no: i64,
     before_day: i64,
     limit: u64,
 ) -> Result<u64, StoreError> {
     let backend = db.get_database_backend();
     let sql = match backend {
         DbBackend::Postgres => {
-            "DELETE FROM request_ids WHERE (day, account_id, request_key) IN ( \
-                 SELECT day, account_id, request_key FROM request_ids \
-                 WHERE account_id = $1 AND day = ANY(ARRAY( \
+            "DELETE FROM request_ids WHERE (day, account_no, request_key) IN ( \
+                 SELECT day, account_no, request_key FROM request_ids \
+                 WHERE account_no = $1 AND day = ANY(ARRAY( \
                      SELECT generate_series((SELECT MIN(day) FROM request_ids), $2::bigint - 1))) \
                  LIMIT $3)"
         }
@@ -291,9 +297,9 @@ pub async fn prune_request_ids(
             "WITH RECURSIVE days(day) AS ( \
                  SELECT MIN(day) FROM request_ids \
                  UNION ALL SELECT day + 1 FROM days WHERE day + 1 < ?2) \
-             DELETE FROM request_ids WHERE (day, account_id, request_key) IN ( \
-                 SELECT day, account_id, request_key FROM request_ids \
-                 WHERE account_id = ?1 AND day IN (SELECT day FROM days WHERE day < ?2) \
+             DELETE FROM request_ids WHERE (day, account_no, request_key) IN ( \
+                 SELECT day, account_no, request_key FROM request_ids \
+                 WHERE account_no = ?1 AND day IN (SELECT day FROM days WHERE day < ?2) \
                  LIMIT ?3)"
         }
     };
@@ -302,7 +308,7 @@ pub async fn prune_request_ids(
         .execute(Statement::from_sql_and_values(
             backend,
             sql,
-            [account_id.into(), before_day.into(), limit.into()],
+            [account_no.into(), before_day.into(), limit.into()],
         ))
         .await?;
     Ok(result.rows_affected())
@@ -419,15 +425,36 @@ pub async fn retention(
         ))
 }
 
-/// Accounts that hold log rows.
-pub async fn accounts_with_rows(db: &impl ConnectionTrait) -> Result<Vec<String>, StoreError> {
-    Ok(log_entry::Entity::find()
-        .select_only()
-        .column(log_entry::Column::AccountId)
-        .distinct()
-        .into_tuple::<String>()
-        .all(db)
-        .await?)
+/// Accounts (of one, or of all) that hold log rows, with their numbers. One probe of the
+/// clustered key (SQLite) or account index (PostgreSQL) per account ever seen.
+pub async fn accounts_with_rows(
+    db: &impl ConnectionTrait,
+    only: Option<&str>,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    let backend = db.get_database_backend();
+    let mut select = Query::select();
+    select
+        .columns([Alias::new("value"), Alias::new("id")])
+        .from(Alias::new("account_numbers"))
+        .and_where(Expr::exists(
+            Query::select()
+                .expr(Expr::val(1))
+                .from(log_entry::Entity)
+                .and_where(
+                    Expr::col((log_entry::Entity, log_entry::Column::AccountNo))
+                        .equals((Alias::new("account_numbers"), Alias::new("id"))),
+                )
+                .to_owned(),
+        ))
+        .order_by(Alias::new("id"), Order::Asc);
+    if let Some(account_id) = only {
+        select.and_where(Expr::col(Alias::new("value")).eq(account_id));
+    }
+    db.query_all(backend.build(&select))
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get("", "value")?, row.try_get("", "id")?)))
+        .collect()
 }
 
 /// Purged keys (of one account, or of all) that still hold rows: a purge the server's
@@ -436,12 +463,18 @@ pub async fn purged_keys_with_rows(
     db: &impl ConnectionTrait,
     only: Option<&str>,
 ) -> Result<Vec<(String, String)>, StoreError> {
+    let numbers = Alias::new("account_numbers");
     let mut has_rows = Query::select();
     has_rows
         .expr(Expr::val(1))
         .from(log_entry::Entity)
+        .inner_join(
+            numbers.clone(),
+            Expr::col((numbers.clone(), Alias::new("id")))
+                .equals((log_entry::Entity, log_entry::Column::AccountNo)),
+        )
         .and_where(
-            Expr::col((log_entry::Entity, log_entry::Column::AccountId))
+            Expr::col((numbers, Alias::new("value")))
                 .equals((api_key::Entity, api_key::Column::AccountId)),
         )
         .and_where(
@@ -477,12 +510,15 @@ pub async fn count_rows_before(
     account_id: &str,
     cutoff_micros: i64,
 ) -> Result<AgeCount, StoreError> {
+    let Some(account_no) = account_no(db, account_id).await? else {
+        return Ok(AgeCount::default());
+    };
     let (rows, oldest, newest) = log_entry::Entity::find()
         .select_only()
         .expr(Expr::cust(r#"CAST(COUNT(*) AS BIGINT)"#))
         .expr(Expr::col(log_entry::Column::Ts).min())
         .expr(Expr::col(log_entry::Column::Ts).max())
-        .filter(log_entry::Column::AccountId.eq(account_id))
+        .filter(log_entry::Column::AccountNo.eq(account_no))
         .filter(log_entry::Column::Ts.lt(cutoff_micros))
         .into_tuple::<(i64, Option<i64>, Option<i64>)>()
         .one(db)
@@ -531,6 +567,9 @@ pub async fn usage(
 ) -> Result<Vec<UsageRow>, StoreError> {
     use usage_stat::Column as C;
     let backend = db.get_database_backend();
+    let Some(account_no) = account_no(db, &query.account_id).await? else {
+        return Ok(Vec::new());
+    };
     let bucket = match query.granularity {
         Granularity::Hour => Expr::col(C::BucketStart).into(),
         Granularity::Day => Expr::cust(r#"("bucket_start" - ("bucket_start" % 86400))"#),
@@ -539,7 +578,7 @@ pub async fn usage(
     select
         .from(usage_stat::Entity)
         .expr_as(bucket.clone(), Alias::new("bucket"))
-        .and_where(C::AccountId.eq(query.account_id.as_str()))
+        .and_where(C::AccountNo.eq(account_no))
         .and_where(C::BucketStart.gte(query.start_seconds))
         .and_where(C::BucketStart.lt(query.end_seconds))
         .add_group_by([bucket.clone()])
@@ -614,21 +653,22 @@ mod tests {
         // Ten rows of days 100–109 and their keys, and a cutoff far after them.
         db.execute_unprepared(
             "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 9) \
-             INSERT INTO log_entries (id, account_id, ts, api_key_id, api_key_name, \
+             INSERT INTO log_entries (id, account_no, ts, api_key_id, api_key_name, \
              api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
-             SELECT i + 1, 'a', (100 + i) * 86400000000, 'k', 'name', 'pk_', 'GET', '/v1', \
+             SELECT i + 1, 1, (100 + i) * 86400000000, 'k', 'name', 'pk_', 'GET', '/v1', \
              200, X'ab', 1 FROM n",
         )
         .await
         .unwrap();
         db.execute_unprepared(
-            "INSERT INTO request_ids (day, account_id, request_key, log_id) \
-             SELECT ts / 86400000000, account_id, CAST('r' || id AS BLOB), id FROM log_entries",
+            "INSERT INTO request_ids (day, account_no, request_key, log_id) \
+             SELECT ts / 86400000000, account_no, CAST('r' || id AS BLOB), id FROM log_entries",
         )
         .await
         .unwrap();
         let items = [SweepItem {
             account_id: "a".into(),
+            account_no: 1,
             cutoff_micros: 200 * 86_400_000_000,
         }];
         let budget = std::time::Duration::from_secs(60);

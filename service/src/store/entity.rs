@@ -12,7 +12,11 @@ pub mod log_entry {
         /// Assigned by the writer; the `LogEntry.id` clients see.
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: i64,
-        /// The account.
+        /// The account's number in `account_numbers`.
+        pub account_no: i32,
+        /// The account's id: not a column of the table, filled in by `store::logs::page`
+        /// (every query names its account).
+        #[sea_orm(ignore)]
         pub account_id: String,
         /// When the request happened.
         pub ts: i64,
@@ -64,9 +68,9 @@ pub mod request_id {
         /// The record's UTC day number.
         #[sea_orm(primary_key, auto_increment = false)]
         pub day: i64,
-        /// The account.
+        /// The account's number in `account_numbers`.
         #[sea_orm(primary_key, auto_increment = false)]
-        pub account_id: String,
+        pub account_no: i32,
         /// The gateway's idempotency key, as `domain::record::request_key` stores it.
         #[sea_orm(primary_key, auto_increment = false)]
         pub request_key: Vec<u8>,
@@ -150,9 +154,9 @@ pub mod usage_stat {
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "usage_stats")]
     pub struct Model {
-        /// The account.
+        /// The account's number in `account_numbers`.
         #[sea_orm(primary_key, auto_increment = false)]
-        pub account_id: String,
+        pub account_no: i32,
         /// Start of the UTC hour, seconds since the epoch.
         #[sea_orm(primary_key, auto_increment = false)]
         pub bucket_start: i64,

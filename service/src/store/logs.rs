@@ -9,6 +9,7 @@ use sea_orm::{
 };
 
 use super::StoreError;
+use super::dictionary::{self, Dictionary, account_no};
 use super::entity::{api_key, log_entry};
 use crate::domain::filter::{LogFilter, LogQuery, SortField, SortOrder};
 use crate::domain::ip::{from_hex, hex_prefix_range, to_hex};
@@ -32,26 +33,36 @@ pub async fn page(
     page_size: u32,
 ) -> Result<Page, StoreError> {
     let backend = db.get_database_backend();
+    let Some(account_no) = account_no(db, &query.account_id).await? else {
+        // An account that never sent a record has no rows.
+        return Ok(Page {
+            rows: Vec::new(),
+            next: None,
+        });
+    };
     let mut page = if let Some(term) = indexed_search_term(query) {
-        indexed_search_page(db, query, term, after, page_size).await?
+        indexed_search_page(db, account_no, query, term, after, page_size).await?
     } else {
-        let rows = page_select(backend, query, after, page_size)
+        let rows = page_select(backend, account_no, query, after, page_size)
             .all(db)
             .await?;
         finish_page(query, rows, page_size)
     };
-    fill_user_agents(db, &mut page.rows).await?;
+    fill_texts(db, &query.account_id, &mut page.rows).await?;
     Ok(page)
 }
 
-/// Puts each row's user agent text in place of its id (`user_agents`): one lookup a page.
-async fn fill_user_agents(
+/// Puts each row's account id and user agent text in place of their numbers: the account
+/// is the query's, the agents one lookup a page (`user_agents`).
+async fn fill_texts(
     db: &impl ConnectionTrait,
+    account_id: &str,
     rows: &mut [log_entry::Model],
 ) -> Result<(), StoreError> {
     let ids = rows.iter().filter_map(|row| row.user_agent_id);
-    let texts = super::user_agents::texts(db, ids).await?;
+    let texts = dictionary::texts(db, Dictionary::UserAgents, ids).await?;
     for row in rows.iter_mut() {
+        account_id.clone_into(&mut row.account_id);
         // Ids are never removed, so every row's id is found.
         if let Some(text) = row.user_agent_id.and_then(|id| texts.get(&id)) {
             row.user_agent.clone_from(text);
@@ -97,6 +108,7 @@ fn indexed_search_term(query: &LogQuery) -> Option<&str> {
 /// so the index only has to name a superset of the matching rows.
 async fn indexed_search_page(
     db: &impl ConnectionTrait,
+    account_no: i64,
     query: &LogQuery,
     term: &str,
     after: Option<&Cursor>,
@@ -111,7 +123,7 @@ async fn indexed_search_page(
             // A 2,000-row subquery in index order: a frequent term took 2.4 ms this way, but
             // 261 ms with a 20,000-row subquery and 202 ms with the walk bounded by a (ts, id)
             // range as on SQLite; PostgreSQL's trigram lookup is cheap enough for the rest.
-            let recent = page_select(backend, &unsearched, after, 0)
+            let recent = page_select(backend, account_no, &unsearched, after, 0)
                 .limit(POSTGRES_SEARCH_WALK_ROWS)
                 .into_query();
             let direction = if query.order.descending {
@@ -136,7 +148,7 @@ async fn indexed_search_page(
             // Bounded by the row SEARCH_WALK_ROWS deep (read from the clustered key): one
             // range scan that stops at the page's last match. As a 20,000-row LIMIT subquery
             // a frequent term took 11.4 ms, bounded 2.8–5.0 ms.
-            let boundary = page_select(backend, &unsearched, after, 0)
+            let boundary = page_select(backend, account_no, &unsearched, after, 0)
                 .select_only()
                 .column(log_entry::Column::Ts)
                 .column(log_entry::Column::Id)
@@ -146,12 +158,12 @@ async fn indexed_search_page(
                 .await?;
             let Some(boundary) = boundary else {
                 // Fewer rows than the walk covers: walking them all is the whole answer.
-                let rows = page_select(backend, query, after, page_size)
+                let rows = page_select(backend, account_no, query, after, page_size)
                     .all(db)
                     .await?;
                 return Ok(finish_page(query, rows, page_size));
             };
-            page_select(backend, query, after, page_size)
+            page_select(backend, account_no, query, after, page_size)
                 .filter(up_to(query.order, boundary))
                 .all(db)
                 .await?
@@ -173,14 +185,14 @@ async fn indexed_search_page(
             [indexed_through],
         ),
     };
-    let newest = page_select(backend, query, after, page_size)
+    let newest = page_select(backend, account_no, query, after, page_size)
         .filter(unindexed)
         .all(db)
         .await?;
     let in_index = match backend {
         DbBackend::Postgres => Expr::cust_with_values(
-            r#""log_entries"."id" IN (SELECT "id" FROM "log_search" WHERE "account_id" = $1 AND "doc" ILIKE $2 ESCAPE '\')"#,
-            [query.account_id.clone(), like_pattern(term)],
+            r#""log_entries"."id" IN (SELECT "id" FROM "log_search" WHERE "account_no" = $1 AND "doc" ILIKE $2 ESCAPE '\')"#,
+            [sea_orm::Value::from(account_no), like_pattern(term).into()],
         ),
         // The FTS table holds no account: its candidates are looked up by id
         // (`idx_log_entries_id`), and the account filter drops other accounts' rows.
@@ -189,7 +201,7 @@ async fn indexed_search_page(
             [super::search::trigram_query(term).unwrap_or_default()],
         ),
     };
-    let indexed = page_select(backend, query, after, page_size)
+    let indexed = page_select(backend, account_no, query, after, page_size)
         .filter(in_index)
         .all(db)
         .await?;
@@ -207,13 +219,15 @@ async fn indexed_search_page(
 }
 
 /// The SELECT behind [`page`]: `page_size + 1` rows, so that a following page is known.
+/// `account_no` is the query's account's number ([`account_no`]).
 pub fn page_select(
     backend: DbBackend,
+    account_no: i64,
     query: &LogQuery,
     after: Option<&Cursor>,
     page_size: u32,
 ) -> Select<log_entry::Entity> {
-    let mut condition = filter_condition(backend, &query.account_id, &query.filter);
+    let mut condition = filter_condition(backend, account_no, &query.filter);
     if let Some(cursor) = after {
         condition = condition.add(after_cursor(query.order, cursor));
     }
@@ -224,8 +238,11 @@ pub fn page_select(
 /// How many rows match the query's account and filter.
 pub async fn count(db: &impl ConnectionTrait, query: &LogQuery) -> Result<i64, StoreError> {
     let backend = db.get_database_backend();
+    let Some(account_no) = account_no(db, &query.account_id).await? else {
+        return Ok(0);
+    };
     let total = log_entry::Entity::find()
-        .filter(filter_condition(backend, &query.account_id, &query.filter))
+        .filter(filter_condition(backend, account_no, &query.filter))
         .count(db)
         .await?;
     Ok(i64::try_from(total).unwrap_or(i64::MAX))
@@ -475,10 +492,10 @@ fn search_condition(backend: DbBackend, term: &str) -> Condition {
     any
 }
 
-/// The WHERE clause for an account's rows under a filter.
-pub fn filter_condition(backend: DbBackend, account_id: &str, filter: &LogFilter) -> Condition {
+/// The WHERE clause for an account's rows (by its number) under a filter.
+pub fn filter_condition(backend: DbBackend, account_no: i64, filter: &LogFilter) -> Condition {
     use log_entry::Column as C;
-    let mut all = Condition::all().add(C::AccountId.eq(account_id));
+    let mut all = Condition::all().add(C::AccountNo.eq(account_no));
     if let Some(term) = &filter.search {
         all = all.add(search_condition(backend, term));
     }

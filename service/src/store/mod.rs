@@ -2,12 +2,12 @@
 
 pub mod activity;
 pub mod admin;
+pub mod dictionary;
 pub mod entity;
 pub mod export;
 pub mod logs;
 pub mod search;
 pub mod settings;
-pub mod user_agents;
 pub mod writer;
 
 use std::path::PathBuf;

@@ -285,8 +285,8 @@ async fn index_pending_postgres(db: &DatabaseConnection) -> Result<u64, StoreErr
             .execute(Statement::from_sql_and_values(
                 backend,
                 format!(
-                    "INSERT INTO log_search (id, account_id, doc) \
-                     SELECT id, account_id, {} FROM log_entries WHERE id > $1 AND id <= $2 \
+                    "INSERT INTO log_search (id, account_no, doc) \
+                     SELECT id, account_no, {} FROM log_entries WHERE id > $1 AND id <= $2 \
                      ON CONFLICT (id) DO NOTHING",
                     doc_sql(backend)
                 ),
@@ -436,10 +436,10 @@ mod tests {
         let (_dir, db) = crate::store::test_database().await;
         assert_eq!(index_pending(&db).await.unwrap(), 0);
         for statement in [
-            "INSERT INTO log_entries (id, account_id, ts, api_key_id, api_key_name, \
+            "INSERT INTO log_entries (id, account_no, ts, api_key_id, api_key_name, \
              api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
-             VALUES (1, 'a', 1, 'k', 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 1), \
-                    (2, 'a', 2, 'k', 'name', 'pk_', 'GET', '/v1/other', 200, X'ab', 1)",
+             VALUES (1, 1, 1, 'k', 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 1), \
+                    (2, 1, 2, 'k', 'name', 'pk_', 'GET', '/v1/other', 200, X'ab', 1)",
             "UPDATE log_id_sequence SET last_id = 2",
         ] {
             db.execute_unprepared(statement).await.unwrap();
@@ -473,15 +473,18 @@ mod tests {
         assert_eq!(chunk(&db).await, (0, false));
         db.execute_unprepared(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600) \
-             INSERT INTO log_entries (id, account_id, ts, api_key_id, api_key_name, \
+             INSERT INTO log_entries (id, account_no, ts, api_key_id, api_key_name, \
              api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
-             SELECT i, 'a', i, 'k', 'name', 'pk_', 'GET', '/v1/row' || i, 200, X'ab', 1 FROM n",
+             SELECT i, 1, i, 'k', 'name', 'pk_', 'GET', '/v1/row' || i, 200, X'ab', 1 FROM n",
         )
         .await
         .unwrap();
-        db.execute_unprepared("UPDATE log_id_sequence SET last_id = 600")
-            .await
-            .unwrap();
+        db.execute_unprepared(
+            "UPDATE log_id_sequence SET last_id = 600; \
+             INSERT INTO account_numbers (id, value) VALUES (1, 'a')",
+        )
+        .await
+        .unwrap();
         // 600 waiting: a chunk of 500, then the rest, and the second says it caught up.
         assert_eq!(chunk(&db).await, (500, true));
         assert_eq!(chunk(&db).await, (100, false));
@@ -518,10 +521,11 @@ mod tests {
     async fn sqlite_deleted_rows_leave_the_index_on_the_next_chunk() {
         let (_dir, db) = crate::store::test_database().await;
         db.execute_unprepared(
-            "INSERT INTO log_entries (id, account_id, ts, api_key_id, api_key_name, \
+            "INSERT INTO account_numbers (id, value) VALUES (1, 'a'); \
+             INSERT INTO log_entries (id, account_no, ts, api_key_id, api_key_name, \
              api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
-             VALUES (1, 'a', 1, 'gone', 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 1), \
-                    (2, 'a', 2, 'kept', 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 1)",
+             VALUES (1, 1, 1, 'gone', 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 1), \
+                    (2, 1, 2, 'kept', 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 1)",
         )
         .await
         .unwrap();

@@ -21,8 +21,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::StoreError;
+use super::dictionary::{Dictionary, Ids};
 use super::entity::{api_key, log_entry, request_id, usage_stat};
-use super::user_agents::AgentIds;
 use crate::domain::ip::to_hex;
 use crate::domain::record::{NewLogEntry, RequestKey};
 use crate::domain::time::{day_of, hour_start_seconds};
@@ -216,7 +216,7 @@ async fn run(
 ) {
     // A task met while gathering a group waits here until that group is committed.
     let mut held: Option<Job> = None;
-    let mut agents = AgentIds::default();
+    let mut dictionaries = Dictionaries::default();
     loop {
         let first = match held.take() {
             Some(job) => job,
@@ -254,7 +254,23 @@ async fn run(
             }
             continue;
         }
-        commit_and_answer(&db, group, &stats, &mut agents).await;
+        commit_and_answer(&db, group, &stats, &mut dictionaries).await;
+    }
+}
+
+/// The writer's caches of the dictionaries' committed values.
+#[derive(Debug)]
+struct Dictionaries {
+    accounts: Ids,
+    agents: Ids,
+}
+
+impl Default for Dictionaries {
+    fn default() -> Self {
+        Self {
+            accounts: Ids::new(Dictionary::Accounts),
+            agents: Ids::new(Dictionary::UserAgents),
+        }
     }
 }
 
@@ -262,10 +278,10 @@ async fn commit_and_answer(
     db: &DatabaseConnection,
     group: Vec<IngestJob>,
     stats: &WriterStats,
-    agents: &mut AgentIds,
+    dictionaries: &mut Dictionaries,
 ) {
     let entries: Vec<&NewLogEntry> = group.iter().flat_map(|job| &job.entries).collect();
-    match commit_group(db, &entries, agents).await {
+    match commit_group(db, &entries, dictionaries).await {
         Ok(outcomes) => {
             record_stats(stats, &outcomes);
             let mut outcomes = outcomes.into_iter();
@@ -286,7 +302,7 @@ async fn commit_and_answer(
             tracing::warn!(%error, jobs = group.len(), "group commit failed, retrying jobs one by one");
             for job in group {
                 let entries: Vec<&NewLogEntry> = job.entries.iter().collect();
-                let result = commit_group(db, &entries, agents).await;
+                let result = commit_group(db, &entries, dictionaries).await;
                 if let Ok(outcomes) = &result {
                     record_stats(stats, outcomes);
                 }
@@ -339,13 +355,14 @@ pub const DELETED_KEYS_SQL: &str = r#"
     ) k"#;
 
 /// PostgreSQL: the stored request ids among a group's probes (a JSON array of
-/// `[day, account_id, request key in hex]`), one index lookup each (see [`DELETED_KEYS_SQL`]).
+/// `[day, account number, request key in hex]`), one index lookup each (see
+/// [`DELETED_KEYS_SQL`]).
 pub const REQUEST_IDS_SQL: &str = r#"
     SELECT w.n, r.day, r.log_id FROM json_array_elements($1::json) WITH ORDINALITY AS w(v, n)
     CROSS JOIN LATERAL (
         SELECT r.day, r.log_id FROM request_ids r
         WHERE r.day = (w.v->>0)::bigint
-          AND r.account_id = (w.v->>1) COLLATE "C"
+          AND r.account_no = (w.v->>1)::integer
           AND r.request_key = decode(w.v->>2, 'hex')
         LIMIT 1
     ) r"#;
@@ -363,7 +380,7 @@ enum Decision {
 async fn commit_group(
     db: &DatabaseConnection,
     entries: &[&NewLogEntry],
-    agents: &mut AgentIds,
+    dictionaries: &mut Dictionaries,
 ) -> Result<Vec<IngestOutcome>, StoreError> {
     let txn = super::begin_write(db).await?;
     let backend = txn.get_database_backend();
@@ -374,7 +391,19 @@ async fn commit_group(
         .map(|entry| (entry.account_id.as_str(), entry.api_key_id.as_str()));
     super::admin::lock_key_buckets(&txn, keys, false).await?;
     let deleted = deleted_keys(&txn, entries).await?;
-    let existing = existing_request_ids(&txn, entries).await?;
+    // Every account of the group gets its number first, also one whose records all turn
+    // out duplicates: the number is needed to look its request ids up.
+    let group_accounts = dictionaries
+        .accounts
+        .resolve(&txn, entries.iter().map(|entry| entry.account_id.as_str()))
+        .await?;
+    let account_no = |account: &str| {
+        dictionaries
+            .accounts
+            .id(&group_accounts, account)
+            .ok_or_else(|| StoreError::Database(DbErr::Custom("an account has no number".into())))
+    };
+    let existing = existing_request_ids(&txn, entries, account_no).await?;
 
     // Decide each record in order, so a repeated request_id inside the group is a duplicate
     // of its first occurrence.
@@ -412,7 +441,7 @@ async fn commit_group(
 
     // Claim the request ids first: a claim lost to another replica makes the record a
     // duplicate before its row is written (the unique key, not a check-then-insert, decides).
-    let lost = claim_request_ids(&txn, entries, &assigned).await?;
+    let lost = claim_request_ids(&txn, entries, &assigned, account_no).await?;
     for (index, log_id) in lost {
         assigned.remove(&index);
         decisions[index] = Decision::Duplicate(log_id);
@@ -421,12 +450,13 @@ async fn commit_group(
     let stored_agents = assigned
         .keys()
         .map(|&index| entries[index].user_agent.as_str());
-    let group_agents = agents.resolve(&txn, stored_agents).await?;
-    let agent_id = |agent: &str| agents.id(&group_agents, agent);
-    insert_rows(&txn, entries, &assigned, agent_id).await?;
-    upsert_usage(&txn, backend, entries, &assigned).await?;
+    let group_agents = dictionaries.agents.resolve(&txn, stored_agents).await?;
+    let agent_id = |agent: &str| dictionaries.agents.id(&group_agents, agent);
+    insert_rows(&txn, entries, &assigned, account_no, agent_id).await?;
+    upsert_usage(&txn, backend, entries, &assigned, account_no).await?;
     txn.commit().await?;
-    agents.committed(group_agents);
+    dictionaries.accounts.committed(group_accounts);
+    dictionaries.agents.committed(group_agents);
 
     let mut outcomes: Vec<IngestOutcome> = Vec::with_capacity(entries.len());
     for (index, decision) in decisions.iter().enumerate() {
@@ -529,25 +559,27 @@ fn probe_at<T>(probes: &[T], position: i64) -> Option<&T> {
 async fn existing_request_ids<'a>(
     txn: &DatabaseTransaction,
     entries: &[&'a NewLogEntry],
+    account_no: impl Fn(&str) -> Result<i64, StoreError>,
 ) -> Result<HashMap<(&'a str, RequestKey), Vec<(i64, i64)>>, StoreError> {
-    let wanted: Vec<(i64, &str, RequestKey)> = entries
-        .iter()
-        .filter_map(|entry| {
-            let rid = entry.request_key?;
-            Some((day_of(entry.ts_micros), entry.account_id.as_str(), rid))
-        })
-        .collect();
+    // (day, account, its number, key)
+    let mut wanted: Vec<(i64, &str, i64, RequestKey)> = Vec::new();
+    for entry in entries {
+        if let Some(rid) = entry.request_key {
+            let account = entry.account_id.as_str();
+            wanted.push((day_of(entry.ts_micros), account, account_no(account)?, rid));
+        }
+    }
     let mut found: HashMap<(&str, RequestKey), Vec<(i64, i64)>> = HashMap::new();
     if txn.get_database_backend() == DbBackend::Postgres {
-        let probe: Vec<(i64, &str, RequestKey)> = wanted
+        let probe: Vec<(i64, &str, i64, RequestKey)> = wanted
             .iter()
-            .flat_map(|&(day, account, rid)| {
-                [day - 1, day, day + 1].map(|probe_day| (probe_day, account, rid))
+            .flat_map(|&(day, account, number, rid)| {
+                [day - 1, day, day + 1].map(|probe_day| (probe_day, account, number, rid))
             })
             .collect();
-        let json: Vec<(i64, &str, String)> = probe
+        let json: Vec<(i64, i64, String)> = probe
             .iter()
-            .map(|&(day, account, rid)| (day, account, to_hex(&rid)))
+            .map(|&(day, _, number, rid)| (day, number, to_hex(&rid)))
             .collect();
         let rows = txn
             .query_all(Statement::from_sql_and_values(
@@ -557,7 +589,7 @@ async fn existing_request_ids<'a>(
             ))
             .await?;
         for row in rows {
-            if let Some(&(_, account, rid)) = probe_at(&probe, row.try_get("", "n")?) {
+            if let Some(&(_, account, _, rid)) = probe_at(&probe, row.try_get("", "n")?) {
                 let day: i64 = row.try_get("", "day")?;
                 let log_id: i64 = row.try_get("", "log_id")?;
                 found.entry((account, rid)).or_default().push((day, log_id));
@@ -567,18 +599,18 @@ async fn existing_request_ids<'a>(
     }
     for chunk in wanted.chunks(LOOKUP_CHUNK_KEYS) {
         let mut any = Condition::any();
-        for (day, account, rid) in chunk {
+        for (day, _, number, rid) in chunk {
             any = any.add(
                 Condition::all()
                     .add(Expr::col(request_id::Column::Day).is_in([day - 1, *day, day + 1]))
-                    .add(Expr::col(request_id::Column::AccountId).eq(*account))
+                    .add(Expr::col(request_id::Column::AccountNo).eq(*number))
                     .add(Expr::col(request_id::Column::RequestKey).eq(rid.to_vec())),
             );
         }
         let query = Query::select()
             .columns([
                 request_id::Column::Day,
-                request_id::Column::AccountId,
+                request_id::Column::AccountNo,
                 request_id::Column::RequestKey,
                 request_id::Column::LogId,
             ])
@@ -589,11 +621,13 @@ async fn existing_request_ids<'a>(
             .query_all(txn.get_database_backend().build(&query))
             .await?
         {
-            let account: String = row.try_get("", "account_id")?;
+            let number: i64 = row.try_get("", "account_no")?;
             let rid: Vec<u8> = row.try_get("", "request_key")?;
             let day: i64 = row.try_get("", "day")?;
             let log_id: i64 = row.try_get("", "log_id")?;
-            if let Some(&(_, a, r)) = chunk.iter().find(|(_, a, r)| *a == account && *r == *rid) {
+            if let Some(&(_, a, _, r)) =
+                chunk.iter().find(|(_, _, n, r)| *n == number && *r == *rid)
+            {
                 found.entry((a, r)).or_default().push((day, log_id));
             }
         }
@@ -658,21 +692,17 @@ async fn claim_request_ids(
     txn: &DatabaseTransaction,
     entries: &[&NewLogEntry],
     assigned: &HashMap<usize, i64>,
+    account_no: impl Fn(&str) -> Result<i64, StoreError>,
 ) -> Result<Vec<(usize, i64)>, StoreError> {
-    let mut claims: Vec<(usize, i64, &str, RequestKey, i64)> = assigned
-        .iter()
-        .filter_map(|(&index, &log_id)| {
-            let entry = entries[index];
-            let rid = entry.request_key?;
-            Some((
-                index,
-                day_of(entry.ts_micros),
-                entry.account_id.as_str(),
-                rid,
-                log_id,
-            ))
-        })
-        .collect();
+    // (index, day, account number, key, log id)
+    let mut claims: Vec<(usize, i64, i64, RequestKey, i64)> = Vec::new();
+    for (&index, &log_id) in assigned {
+        let entry = entries[index];
+        if let Some(rid) = entry.request_key {
+            let number = account_no(&entry.account_id)?;
+            claims.push((index, day_of(entry.ts_micros), number, rid, log_id));
+        }
+    }
     // In key order: two PostgreSQL replicas claiming the same keys then wait for each other
     // instead of each holding one the other wants (a deadlock, which fails a group).
     claims.sort_unstable_by_key(|&(_, day, account, key, _)| (day, account, key));
@@ -683,14 +713,14 @@ async fn claim_request_ids(
             .into_table(request_id::Entity)
             .columns([
                 request_id::Column::Day,
-                request_id::Column::AccountId,
+                request_id::Column::AccountNo,
                 request_id::Column::RequestKey,
                 request_id::Column::LogId,
             ])
             .on_conflict(
                 OnConflict::columns([
                     request_id::Column::Day,
-                    request_id::Column::AccountId,
+                    request_id::Column::AccountNo,
                     request_id::Column::RequestKey,
                 ])
                 .do_nothing()
@@ -725,7 +755,7 @@ async fn claim_request_ids(
                 .column(request_id::Column::LogId)
                 .from(request_id::Entity)
                 .and_where(Expr::col(request_id::Column::Day).eq(day))
-                .and_where(Expr::col(request_id::Column::AccountId).eq(account))
+                .and_where(Expr::col(request_id::Column::AccountNo).eq(account))
                 .and_where(Expr::col(request_id::Column::RequestKey).eq(rid.to_vec()))
                 .to_owned();
             let row = txn
@@ -743,6 +773,7 @@ async fn insert_rows(
     txn: &DatabaseTransaction,
     entries: &[&NewLogEntry],
     assigned: &HashMap<usize, i64>,
+    account_no: impl Fn(&str) -> Result<i64, StoreError>,
     agent_id: impl Fn(&str) -> Option<i64>,
 ) -> Result<(), StoreError> {
     let mut rows: Vec<(i64, &NewLogEntry)> = assigned
@@ -754,7 +785,7 @@ async fn insert_rows(
         let mut insert = Query::insert();
         insert.into_table(log_entry::Entity).columns([
             log_entry::Column::Id,
-            log_entry::Column::AccountId,
+            log_entry::Column::AccountNo,
             log_entry::Column::Ts,
             log_entry::Column::RequestId,
             log_entry::Column::ApiKeyId,
@@ -773,7 +804,7 @@ async fn insert_rows(
             insert
                 .values([
                     id.into(),
-                    entry.account_id.as_str().into(),
+                    account_no(&entry.account_id)?.into(),
                     entry.ts_micros.into(),
                     entry.request_id.as_deref().into(),
                     entry.api_key_id.as_str().into(),
@@ -810,13 +841,14 @@ async fn upsert_usage(
     backend: DbBackend,
     entries: &[&NewLogEntry],
     assigned: &HashMap<usize, i64>,
+    account_no: impl Fn(&str) -> Result<i64, StoreError>,
 ) -> Result<(), StoreError> {
-    let mut deltas: HashMap<(&str, i64, &str, &str, &str, i32), UsageDelta> = HashMap::new();
+    let mut deltas: HashMap<(i64, i64, &str, &str, &str, i32), UsageDelta> = HashMap::new();
     for &index in assigned.keys() {
         let entry = entries[index];
         let delta = deltas
             .entry((
-                entry.account_id.as_str(),
+                account_no(&entry.account_id)?,
                 hour_start_seconds(entry.ts_micros),
                 entry.api_key_id.as_str(),
                 entry.endpoint.as_str(),
@@ -841,7 +873,7 @@ async fn upsert_usage(
         insert
             .into_table(usage_stat::Entity)
             .columns([
-                usage_stat::Column::AccountId,
+                usage_stat::Column::AccountNo,
                 usage_stat::Column::BucketStart,
                 usage_stat::Column::ApiKeyId,
                 usage_stat::Column::Endpoint,
@@ -854,7 +886,7 @@ async fn upsert_usage(
             ])
             .on_conflict(
                 OnConflict::columns([
-                    usage_stat::Column::AccountId,
+                    usage_stat::Column::AccountNo,
                     usage_stat::Column::BucketStart,
                     usage_stat::Column::ApiKeyId,
                     usage_stat::Column::Endpoint,

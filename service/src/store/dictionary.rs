@@ -1,7 +1,14 @@
-//! The user-agent dictionary: rows hold an id in `user_agents` instead of the text, since a
-//! few distinct strings repeat on every row and no query filters, sorts or searches on them
-//! (W6, BENCHMARKS.md). A value is added the first time it is seen and never changed or
-//! removed, so an id names the same string forever.
+//! Dictionaries: strings that repeat on every row stored once, rows holding their number
+//! (W6, BENCHMARKS.md). Two of them:
+//! - `user_agents`: a few distinct strings per platform, and no query filters, sorts or
+//!   searches on them; a page looks its rows' agents up in one query.
+//! - `account_numbers`: the account id leads the key of `log_entries`, `request_ids` and
+//!   `usage_stats` (and of both SQLite indexes); every query names one account, so it is
+//!   looked up once per request and the number bound in its place.
+//!
+//! A value is added the first time ingest sees it (in the group's transaction, `ON CONFLICT
+//! DO NOTHING`, so replicas may race) and never changed or removed, so a number names the
+//! same string forever and a committed one may be cached.
 
 use std::collections::{HashMap, HashSet};
 
@@ -12,47 +19,78 @@ use super::StoreError;
 
 /// Values one statement carries: well under either backend's limit on bound parameters.
 const CHUNK: usize = 500;
-/// Values the writer remembers; past this the cache starts over (a gateway sending a new
-/// agent on every call must not grow the writer's memory without bound).
-const CACHE_VALUES: usize = 4_096;
 
-fn table() -> Alias {
-    Alias::new("user_agents")
+/// One of the dictionaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dictionary {
+    /// `user_agents`: rows' `user_agent_id`.
+    UserAgents,
+    /// `account_numbers`: rows' `account_no`.
+    Accounts,
 }
 
-/// The writer's cache of committed values, and its lookups for one group.
-#[derive(Debug, Default)]
-pub struct AgentIds {
+impl Dictionary {
+    fn table(self) -> Alias {
+        Alias::new(match self {
+            Self::UserAgents => "user_agents",
+            Self::Accounts => "account_numbers",
+        })
+    }
+
+    /// Values the writer remembers; past this its cache starts over (a gateway sending a
+    /// new agent on every call must not grow the writer's memory without bound). Account
+    /// ids are at most 64 bytes, agents 512.
+    fn cache_values(self) -> usize {
+        match self {
+            Self::UserAgents => 4_096,
+            Self::Accounts => 65_536,
+        }
+    }
+}
+
+/// The writer's cache of one dictionary's committed values, and its lookups for one group.
+#[derive(Debug)]
+pub struct Ids {
+    dictionary: Dictionary,
     committed: HashMap<String, i64>,
 }
 
-/// The ids a group's rows use: those already cached and those found or added in this
+/// The numbers a group's rows use: those already cached and those found or added in this
 /// group's transaction (remembered only once it commits).
 #[derive(Debug, Default)]
-pub struct GroupAgents {
+pub struct GroupIds {
     fresh: HashMap<String, i64>,
 }
 
-impl AgentIds {
-    /// Ids for every agent in `agents` (empty agents have none), adding unknown values in
-    /// the caller's transaction. Values are added in sorted order, so two PostgreSQL
+impl Ids {
+    /// An empty cache of `dictionary`.
+    pub fn new(dictionary: Dictionary) -> Self {
+        Self {
+            dictionary,
+            committed: HashMap::new(),
+        }
+    }
+
+    /// Numbers for every value in `values` (empty values have none), adding unknown values
+    /// in the caller's transaction. Values are added in sorted order, so two PostgreSQL
     /// replicas adding the same ones wait for each other instead of deadlocking.
     pub async fn resolve<'a>(
         &self,
         txn: &impl ConnectionTrait,
-        agents: impl Iterator<Item = &'a str>,
-    ) -> Result<GroupAgents, StoreError> {
-        let mut missing: Vec<&str> = agents
-            .filter(|agent| !agent.is_empty() && !self.committed.contains_key(*agent))
+        values: impl Iterator<Item = &'a str>,
+    ) -> Result<GroupIds, StoreError> {
+        let mut missing: Vec<&str> = values
+            .filter(|value| !value.is_empty() && !self.committed.contains_key(*value))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
         missing.sort_unstable();
+        let table = self.dictionary.table();
         let mut fresh = HashMap::with_capacity(missing.len());
         for chunk in missing.chunks(CHUNK) {
             let mut insert = Query::insert();
             insert
-                .into_table(table())
+                .into_table(table.clone())
                 .columns([Alias::new("value")])
                 .on_conflict(
                     OnConflict::column(Alias::new("value"))
@@ -68,39 +106,40 @@ impl AgentIds {
             txn.execute(backend.build(&insert)).await?;
             let select = Query::select()
                 .columns([Alias::new("id"), Alias::new("value")])
-                .from(table())
+                .from(table.clone())
                 .and_where(Expr::col(Alias::new("value")).is_in(chunk.iter().copied()))
                 .to_owned();
             for row in txn.query_all(backend.build(&select)).await? {
                 fresh.insert(row.try_get::<String>("", "value")?, row.try_get("", "id")?);
             }
         }
-        Ok(GroupAgents { fresh })
+        Ok(GroupIds { fresh })
     }
 
-    /// The id of `agent` for a row of the group `group` was resolved for.
-    pub fn id(&self, group: &GroupAgents, agent: &str) -> Option<i64> {
-        if agent.is_empty() {
+    /// The number of `value` for a row of the group `group` was resolved for.
+    pub fn id(&self, group: &GroupIds, value: &str) -> Option<i64> {
+        if value.is_empty() {
             return None;
         }
         self.committed
-            .get(agent)
-            .or_else(|| group.fresh.get(agent))
+            .get(value)
+            .or_else(|| group.fresh.get(value))
             .copied()
     }
 
     /// Remembers a committed group's new values.
-    pub fn committed(&mut self, group: GroupAgents) {
-        if self.committed.len() + group.fresh.len() > CACHE_VALUES {
+    pub fn committed(&mut self, group: GroupIds) {
+        if self.committed.len() + group.fresh.len() > self.dictionary.cache_values() {
             self.committed.clear();
         }
         self.committed.extend(group.fresh);
     }
 }
 
-/// The text of each id in `ids`.
+/// The text of each number in `ids`.
 pub async fn texts(
     db: &impl ConnectionTrait,
+    dictionary: Dictionary,
     ids: impl Iterator<Item = i64>,
 ) -> Result<HashMap<i64, String>, StoreError> {
     let ids: Vec<i64> = ids.collect::<HashSet<_>>().into_iter().collect();
@@ -108,7 +147,7 @@ pub async fn texts(
     for chunk in ids.chunks(CHUNK) {
         let select = Query::select()
             .columns([Alias::new("id"), Alias::new("value")])
-            .from(table())
+            .from(dictionary.table())
             .and_where(Expr::col(Alias::new("id")).is_in(chunk.iter().copied()))
             .to_owned();
         let backend = db.get_database_backend();
@@ -117,6 +156,33 @@ pub async fn texts(
         }
     }
     Ok(texts)
+}
+
+/// The number of `value`, if ingest ever added it (an account that never sent a record has
+/// none, and so no rows).
+pub async fn find(
+    db: &impl ConnectionTrait,
+    dictionary: Dictionary,
+    value: &str,
+) -> Result<Option<i64>, StoreError> {
+    let select = Query::select()
+        .column(Alias::new("id"))
+        .from(dictionary.table())
+        .and_where(Expr::col(Alias::new("value")).eq(value))
+        .to_owned();
+    let backend = db.get_database_backend();
+    match db.query_one(backend.build(&select)).await? {
+        Some(row) => Ok(Some(row.try_get("", "id")?)),
+        None => Ok(None),
+    }
+}
+
+/// The number of an account, if it ever sent a record.
+pub async fn account_no(
+    db: &impl ConnectionTrait,
+    account_id: &str,
+) -> Result<Option<i64>, StoreError> {
+    find(db, Dictionary::Accounts, account_id).await
 }
 
 #[cfg(test)]
@@ -129,7 +195,7 @@ mod tests {
     #[tokio::test]
     async fn each_value_is_stored_once_and_reads_back() {
         let (_dir, db) = crate::store::test_database().await;
-        let mut agents = AgentIds::default();
+        let mut agents = Ids::new(Dictionary::UserAgents);
 
         let txn = db.begin().await.unwrap();
         let group = agents
@@ -155,16 +221,42 @@ mod tests {
         let python = agents.id(&group, "python/3").unwrap();
         txn.commit().await.unwrap();
 
-        let texts = texts(&db, [curl, python, curl].into_iter()).await.unwrap();
+        let texts = texts(
+            &db,
+            Dictionary::UserAgents,
+            [curl, python, curl].into_iter(),
+        )
+        .await
+        .unwrap();
         assert_eq!(texts.len(), 2);
         assert_eq!(texts[&curl], "curl/8");
         assert_eq!(texts[&python], "python/3");
     }
 
     #[tokio::test]
+    async fn account_numbers_are_found_once_committed() {
+        let (_dir, db) = crate::store::test_database().await;
+        assert_eq!(account_no(&db, "acct_a").await.unwrap(), None);
+        let mut accounts = Ids::new(Dictionary::Accounts);
+        let txn = db.begin().await.unwrap();
+        let group = accounts
+            .resolve(&txn, ["acct_a", "acct_b", "acct_a"].into_iter())
+            .await
+            .unwrap();
+        let a = accounts.id(&group, "acct_a").unwrap();
+        txn.commit().await.unwrap();
+        accounts.committed(group);
+        assert_eq!(account_no(&db, "acct_a").await.unwrap(), Some(a));
+        assert_ne!(account_no(&db, "acct_b").await.unwrap(), Some(a));
+        // Only the accounts' dictionary grew.
+        assert_eq!(count(&db, "account_numbers").await, 2);
+        assert_eq!(count(&db, "user_agents").await, 0);
+    }
+
+    #[tokio::test]
     async fn a_value_added_by_a_rolled_back_group_is_not_remembered() {
         let (_dir, db) = crate::store::test_database().await;
-        let agents = AgentIds::default();
+        let agents = Ids::new(Dictionary::UserAgents);
         let txn = db.begin().await.unwrap();
         let group = agents.resolve(&txn, ["gone/1"].into_iter()).await.unwrap();
         assert!(agents.id(&group, "gone/1").is_some());
@@ -173,13 +265,13 @@ mod tests {
         assert_eq!(count(&db, "user_agents").await, 0);
 
         // Another cache (a second replica) finds a value the first one committed.
-        let mut first = AgentIds::default();
+        let mut first = Ids::new(Dictionary::UserAgents);
         let txn = db.begin().await.unwrap();
         let group = first.resolve(&txn, ["kept/1"].into_iter()).await.unwrap();
         let id = first.id(&group, "kept/1");
         txn.commit().await.unwrap();
         first.committed(group);
-        let second = AgentIds::default();
+        let second = Ids::new(Dictionary::UserAgents);
         let txn = db.begin().await.unwrap();
         let group = second.resolve(&txn, ["kept/1"].into_iter()).await.unwrap();
         assert_eq!(second.id(&group, "kept/1"), id);
