@@ -693,7 +693,7 @@ impl Raw {
                 let mut n = 0;
                 while let Some(row) = rows.next().map_err(|e| e.to_string())? {
                     let _: i64 = row.get(0).map_err(|e| e.to_string())?;
-                    let _: String = row.get(1).map_err(|e| e.to_string())?;
+                    let _: i64 = row.get(1).map_err(|e| e.to_string())?;
                     n += 1;
                 }
                 std::hint::black_box(n);
