@@ -26,6 +26,19 @@ impl MigrationTrait for Migration {
                 END $$",
             )
             .await?;
+        // btree_gin (trusted too, in the same contrib package) lets the index hold the
+        // account beside the trigrams: a rare term's lookup then reads the account's matching
+        // rows only, not every account's (1M rows: 1,988 of 10,007 candidates, whose heap
+        // pages the recheck read one by one: 54–106 ms against a 50 ms goal).
+        connection
+            .execute_unprepared(
+                "DO $$ BEGIN
+                    CREATE EXTENSION IF NOT EXISTS btree_gin;
+                EXCEPTION WHEN OTHERS THEN
+                    RAISE NOTICE 'btree_gin is not available (%): search looks terms up in every account', SQLERRM;
+                END $$",
+            )
+            .await?;
         connection
             .execute_unprepared(
                 "CREATE TABLE log_search (
@@ -38,7 +51,13 @@ impl MigrationTrait for Migration {
         connection
             .execute_unprepared(
                 "DO $$ BEGIN
-                    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm') THEN
+                    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm') THEN
+                        RETURN;
+                    END IF;
+                    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'btree_gin') THEN
+                        CREATE INDEX idx_log_search_doc ON log_search
+                            USING gin (account_no, doc gin_trgm_ops);
+                    ELSE
                         CREATE INDEX idx_log_search_doc ON log_search USING gin (doc gin_trgm_ops);
                     END IF;
                 END $$",

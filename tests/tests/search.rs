@@ -6,7 +6,7 @@
 use reqlog_client::pb;
 use reqlog_service::store::search;
 use reqlog_tests::{Backend, TestServer, backend_tests, record};
-use sea_orm::{ConnectionTrait, Statement};
+use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 
 backend_tests!(
     rare_terms_page_through_indexed_and_newest_rows,
@@ -102,6 +102,9 @@ async fn rare_terms_page_through_indexed_and_newest_rows(backend: Backend) {
     search::index_pending(&server.db)
         .await
         .expect("index the rows so far");
+    if backend == Backend::Postgres {
+        assert_lookup_narrows_by_account(&server).await;
+    }
     // Two newer rows with the term arrive after indexing: only a walk can find them.
     record_all(
         &server,
@@ -143,6 +146,51 @@ async fn rare_terms_page_through_indexed_and_newest_rows(backend: Backend) {
     assert_eq!(kept.len(), 9);
     assert_eq!(search_all(&server, "needle", 4).await, kept);
     server.shutdown().await;
+}
+
+/// PostgreSQL: the index holds the account beside the trigrams (btree_gin), and the service's
+/// lookup names it so that the index scan uses it: only the account's candidates are read,
+/// not every account's.
+async fn assert_lookup_narrows_by_account(server: &TestServer) {
+    use sea_orm::sea_query::{PostgresQueryBuilder, Query};
+    let account_no = reqlog_service::store::dictionary::account_no(&server.db, ACCOUNT)
+        .await
+        .expect("lookup")
+        .expect("the account has a number");
+    let condition = reqlog_service::store::logs::indexed_ids(
+        sea_orm::DbBackend::Postgres,
+        account_no,
+        "needle",
+    )
+    .expect("condition");
+    let (sql, values) = Query::select()
+        .column(sea_orm::sea_query::Alias::new("id"))
+        .from(sea_orm::sea_query::Alias::new("log_entries"))
+        .and_where(condition)
+        .build(PostgresQueryBuilder);
+    let txn = server.db.begin().await.expect("begin");
+    // A small table is cheaper to scan: ask how the index would serve the lookup.
+    txn.execute_unprepared("SET LOCAL enable_seqscan = off")
+        .await
+        .expect("set");
+    let plan: Vec<String> = txn
+        .query_all(Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            format!("EXPLAIN {sql}"),
+            values.0,
+        ))
+        .await
+        .expect("explain")
+        .iter()
+        .map(|row| row.try_get::<String>("", "QUERY PLAN").expect("plan line"))
+        .collect();
+    txn.rollback().await.expect("rollback");
+    assert!(
+        plan.iter()
+            .any(|line| line.contains("Index Cond") && line.contains("account_no")),
+        "the account should narrow the index scan:\n{}",
+        plan.join("\n")
+    );
 }
 
 async fn purged_rows_leave_the_search_index(backend: Backend) {

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use sea_orm::sea_query::{Alias, Asterisk, Condition, Expr, NullOrdering, Query, SimpleExpr};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, Order, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait, Select,
+    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, Order, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select,
 };
 
 use super::StoreError;
@@ -189,18 +189,7 @@ async fn indexed_search_page(
         .filter(unindexed)
         .all(db)
         .await?;
-    let in_index = match backend {
-        DbBackend::Postgres => Expr::cust_with_values(
-            r#""log_entries"."id" IN (SELECT "id" FROM "log_search" WHERE "account_no" = $1 AND "doc" ILIKE $2 ESCAPE '\')"#,
-            [sea_orm::Value::from(account_no), like_pattern(term).into()],
-        ),
-        // The FTS table holds no account: its candidates are looked up by id
-        // (`idx_log_entries_id`), and the account filter drops other accounts' rows.
-        _ => Expr::cust_with_values(
-            r#""log_entries"."id" IN (SELECT rowid FROM "log_search" WHERE "log_search" MATCH ?)"#,
-            [super::search::trigram_query(term).unwrap_or_default()],
-        ),
-    };
+    let in_index = indexed_ids(backend, account_no, term)?;
     let indexed = page_select(backend, account_no, query, after, page_size)
         .filter(in_index)
         .all(db)
@@ -216,6 +205,35 @@ async fn indexed_search_page(
     }
     rows.truncate(wanted);
     Ok(finish_page(query, rows, page_size))
+}
+
+/// The condition "the row's id is among the search index's candidates for `term`" (the
+/// index names a superset: callers keep the full search condition).
+pub fn indexed_ids(
+    backend: DbBackend,
+    account_no: i64,
+    term: &str,
+) -> Result<SimpleExpr, StoreError> {
+    Ok(match backend {
+        // The number bound as `integer`, the column's type: `btree_gin`'s operator class has
+        // no `integer = bigint`, and with a bigint the index scan left the account out (it
+        // read every account's candidates and filtered them afterwards).
+        DbBackend::Postgres => Expr::cust_with_values(
+            r#""log_entries"."id" IN (SELECT "id" FROM "log_search" WHERE "account_no" = $1 AND "doc" ILIKE $2 ESCAPE '\')"#,
+            [
+                sea_orm::Value::from(i32::try_from(account_no).map_err(|_| {
+                    StoreError::Database(DbErr::Custom("account number out of range".into()))
+                })?),
+                like_pattern(term).into(),
+            ],
+        ),
+        // The FTS table holds no account: its candidates are looked up by id
+        // (`idx_log_entries_id`), and the account filter drops other accounts' rows.
+        _ => Expr::cust_with_values(
+            r#""log_entries"."id" IN (SELECT rowid FROM "log_search" WHERE "log_search" MATCH ?)"#,
+            [super::search::trigram_query(term).unwrap_or_default()],
+        ),
+    })
 }
 
 /// The SELECT behind [`page`]: `page_size + 1` rows, so that a following page is known.
