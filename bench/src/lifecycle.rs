@@ -177,8 +177,8 @@ async fn delete_batches(
     Ok(total)
 }
 
-/// One batch of an account's rows (by its number) matching `condition`, deleted by primary key: the
-/// clustered key on SQLite (no index on id alone), id on PostgreSQL.
+/// One batch of an account's rows (by its number) matching `condition`, deleted by primary
+/// key: the clustered key on SQLite (no index on id alone), id on PostgreSQL.
 fn by_key(ctx: &Context, condition: &str) -> String {
     match ctx.backend {
         Backend::Sqlite => format!(

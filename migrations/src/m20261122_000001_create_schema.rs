@@ -243,7 +243,7 @@ impl MigrationTrait for Migration {
                     )
                     .await?;
             }
-            // --- PostgreSQL: the same table, with bytewise collation ---
+            // --- PostgreSQL: the same table (a heap and its primary key) ---
             _ => {
                 manager
                     .get_connection()
