@@ -397,13 +397,19 @@ async fn commit_group(
         .accounts
         .resolve(&txn, entries.iter().map(|entry| entry.account_id.as_str()))
         .await?;
-    let account_no = |account: &str| {
-        dictionaries
-            .accounts
-            .id(&group_accounts, account)
-            .ok_or_else(|| StoreError::Database(DbErr::Custom("an account has no number".into())))
-    };
-    let existing = existing_request_ids(&txn, entries, account_no).await?;
+    // Each record's account number, by position: looked up once, used by every statement.
+    let account_nos = entries
+        .iter()
+        .map(|entry| {
+            dictionaries
+                .accounts
+                .id(&group_accounts, &entry.account_id)
+                .ok_or_else(|| {
+                    StoreError::Database(DbErr::Custom("an account has no number".into()))
+                })
+        })
+        .collect::<Result<Vec<i64>, _>>()?;
+    let existing = existing_request_ids(&txn, entries, &account_nos).await?;
 
     // Decide each record in order, so a repeated request_id inside the group is a duplicate
     // of its first occurrence.
@@ -441,7 +447,7 @@ async fn commit_group(
 
     // Claim the request ids first: a claim lost to another replica makes the record a
     // duplicate before its row is written (the unique key, not a check-then-insert, decides).
-    let lost = claim_request_ids(&txn, entries, &assigned, account_no).await?;
+    let lost = claim_request_ids(&txn, entries, &assigned, &account_nos).await?;
     for (index, log_id) in lost {
         assigned.remove(&index);
         decisions[index] = Decision::Duplicate(log_id);
@@ -452,8 +458,8 @@ async fn commit_group(
         .map(|&index| entries[index].user_agent.as_str());
     let group_agents = dictionaries.agents.resolve(&txn, stored_agents).await?;
     let agent_id = |agent: &str| dictionaries.agents.id(&group_agents, agent);
-    insert_rows(&txn, entries, &assigned, account_no, agent_id).await?;
-    upsert_usage(&txn, backend, entries, &assigned, account_no).await?;
+    insert_rows(&txn, entries, &assigned, &account_nos, agent_id).await?;
+    upsert_usage(&txn, backend, entries, &assigned, &account_nos).await?;
     txn.commit().await?;
     dictionaries.accounts.committed(group_accounts);
     dictionaries.agents.committed(group_agents);
@@ -559,16 +565,22 @@ fn probe_at<T>(probes: &[T], position: i64) -> Option<&T> {
 async fn existing_request_ids<'a>(
     txn: &DatabaseTransaction,
     entries: &[&'a NewLogEntry],
-    account_no: impl Fn(&str) -> Result<i64, StoreError>,
+    account_nos: &[i64],
 ) -> Result<HashMap<(&'a str, RequestKey), Vec<(i64, i64)>>, StoreError> {
     // (day, account, its number, key)
-    let mut wanted: Vec<(i64, &str, i64, RequestKey)> = Vec::new();
-    for entry in entries {
-        if let Some(rid) = entry.request_key {
-            let account = entry.account_id.as_str();
-            wanted.push((day_of(entry.ts_micros), account, account_no(account)?, rid));
-        }
-    }
+    let wanted: Vec<(i64, &str, i64, RequestKey)> = entries
+        .iter()
+        .zip(account_nos)
+        .filter_map(|(entry, &number)| {
+            let rid = entry.request_key?;
+            Some((
+                day_of(entry.ts_micros),
+                entry.account_id.as_str(),
+                number,
+                rid,
+            ))
+        })
+        .collect();
     let mut found: HashMap<(&str, RequestKey), Vec<(i64, i64)>> = HashMap::new();
     if txn.get_database_backend() == DbBackend::Postgres {
         let probe: Vec<(i64, &str, i64, RequestKey)> = wanted
@@ -692,17 +704,23 @@ async fn claim_request_ids(
     txn: &DatabaseTransaction,
     entries: &[&NewLogEntry],
     assigned: &HashMap<usize, i64>,
-    account_no: impl Fn(&str) -> Result<i64, StoreError>,
+    account_nos: &[i64],
 ) -> Result<Vec<(usize, i64)>, StoreError> {
     // (index, day, account number, key, log id)
-    let mut claims: Vec<(usize, i64, i64, RequestKey, i64)> = Vec::new();
-    for (&index, &log_id) in assigned {
-        let entry = entries[index];
-        if let Some(rid) = entry.request_key {
-            let number = account_no(&entry.account_id)?;
-            claims.push((index, day_of(entry.ts_micros), number, rid, log_id));
-        }
-    }
+    let mut claims: Vec<(usize, i64, i64, RequestKey, i64)> = assigned
+        .iter()
+        .filter_map(|(&index, &log_id)| {
+            let entry = entries[index];
+            let rid = entry.request_key?;
+            Some((
+                index,
+                day_of(entry.ts_micros),
+                account_nos[index],
+                rid,
+                log_id,
+            ))
+        })
+        .collect();
     // In key order: two PostgreSQL replicas claiming the same keys then wait for each other
     // instead of each holding one the other wants (a deadlock, which fails a group).
     claims.sort_unstable_by_key(|&(_, day, account, key, _)| (day, account, key));
@@ -773,12 +791,13 @@ async fn insert_rows(
     txn: &DatabaseTransaction,
     entries: &[&NewLogEntry],
     assigned: &HashMap<usize, i64>,
-    account_no: impl Fn(&str) -> Result<i64, StoreError>,
+    account_nos: &[i64],
     agent_id: impl Fn(&str) -> Option<i64>,
 ) -> Result<(), StoreError> {
-    let mut rows: Vec<(i64, &NewLogEntry)> = assigned
+    // (id, record, its account number)
+    let mut rows: Vec<(i64, &NewLogEntry, i64)> = assigned
         .iter()
-        .map(|(&index, &id)| (id, entries[index]))
+        .map(|(&index, &id)| (id, entries[index], account_nos[index]))
         .collect();
     rows.sort_unstable_by_key(|row| row.0);
     for chunk in rows.chunks(INSERT_CHUNK_ROWS) {
@@ -800,11 +819,11 @@ async fn insert_rows(
             log_entry::Column::UserAgentId,
             log_entry::Column::DurationMs,
         ]);
-        for &(id, entry) in chunk {
+        for &(id, entry, account_no) in chunk {
             insert
                 .values([
                     id.into(),
-                    account_no(&entry.account_id)?.into(),
+                    account_no.into(),
                     entry.ts_micros.into(),
                     entry.request_id.as_deref().into(),
                     entry.api_key_id.as_str().into(),
@@ -841,14 +860,14 @@ async fn upsert_usage(
     backend: DbBackend,
     entries: &[&NewLogEntry],
     assigned: &HashMap<usize, i64>,
-    account_no: impl Fn(&str) -> Result<i64, StoreError>,
+    account_nos: &[i64],
 ) -> Result<(), StoreError> {
     let mut deltas: HashMap<(i64, i64, &str, &str, &str, i32), UsageDelta> = HashMap::new();
     for &index in assigned.keys() {
         let entry = entries[index];
         let delta = deltas
             .entry((
-                account_no(&entry.account_id)?,
+                account_nos[index],
                 hour_start_seconds(entry.ts_micros),
                 entry.api_key_id.as_str(),
                 entry.endpoint.as_str(),
