@@ -77,14 +77,15 @@ impl LogService for LogApi {
             token => Some(self.tokens.open(token, &query).map_err(Error::from)?),
         };
 
-        let page = logs::page(&self.db, &query, after.as_ref(), page_size)
-            .await
-            .map_err(Error::from)?;
-        let total_size = if request.include_total_size {
-            logs::count(&self.db, &query).await.map_err(Error::from)?
-        } else {
-            0
-        };
+        let page = logs::page(
+            &self.db,
+            &query,
+            after.as_ref(),
+            page_size,
+            request.include_total_size,
+        )
+        .await
+        .map_err(Error::from)?;
         let keys = logs::keys(
             &self.db,
             &query.account_id,
@@ -108,7 +109,7 @@ impl LogService for LogApi {
                 .next
                 .map(|cursor| self.tokens.seal(&query, &cursor))
                 .unwrap_or_default(),
-            total_size,
+            total_size: page.total.unwrap_or(0),
         }))
     }
 

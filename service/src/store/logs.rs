@@ -23,14 +23,18 @@ pub struct Page {
     pub rows: Vec<log_entry::Model>,
     /// The position after the last row, when more rows follow.
     pub next: Option<Cursor>,
+    /// How many rows match the query's account and filter, when asked for.
+    pub total: Option<i64>,
 }
 
-/// Up to `page_size` rows of the query after `after` (from the start when `None`).
+/// Up to `page_size` rows of the query after `after` (from the start when `None`), and
+/// with `include_total` how many rows match in all.
 pub async fn page(
     db: &impl ConnectionTrait,
     query: &LogQuery,
     after: Option<&Cursor>,
     page_size: u32,
+    include_total: bool,
 ) -> Result<Page, StoreError> {
     let backend = db.get_database_backend();
     let Some(account_no) = account_no(db, &query.account_id).await? else {
@@ -38,6 +42,7 @@ pub async fn page(
         return Ok(Page {
             rows: Vec::new(),
             next: None,
+            total: include_total.then_some(0),
         });
     };
     let mut page = if let Some(term) = indexed_search_term(query) {
@@ -49,6 +54,9 @@ pub async fn page(
         finish_page(query, rows, page_size)
     };
     fill_texts(db, &query.account_id, &mut page.rows).await?;
+    if include_total {
+        page.total = Some(count(db, account_no, &query.filter).await?);
+    }
     Ok(page)
 }
 
@@ -78,7 +86,11 @@ fn finish_page(query: &LogQuery, mut rows: Vec<log_entry::Model>, page_size: u32
     } else {
         None
     };
-    Page { rows, next }
+    Page {
+        rows,
+        next,
+        total: None,
+    }
 }
 
 /// Rows of the newest (in the query's direction) an indexed search walks before it looks
@@ -253,14 +265,15 @@ pub fn page_select(
     apply_order(select, backend, query.order).limit(u64::from(page_size) + 1)
 }
 
-/// How many rows match the query's account and filter.
-pub async fn count(db: &impl ConnectionTrait, query: &LogQuery) -> Result<i64, StoreError> {
+/// How many of the account's rows match `filter`.
+async fn count(
+    db: &impl ConnectionTrait,
+    account_no: i64,
+    filter: &LogFilter,
+) -> Result<i64, StoreError> {
     let backend = db.get_database_backend();
-    let Some(account_no) = account_no(db, &query.account_id).await? else {
-        return Ok(0);
-    };
     let total = log_entry::Entity::find()
-        .filter(filter_condition(backend, account_no, &query.filter))
+        .filter(filter_condition(backend, account_no, filter))
         .count(db)
         .await?;
     Ok(i64::try_from(total).unwrap_or(i64::MAX))
