@@ -289,6 +289,7 @@ impl Application {
             writer.clone(),
             config.default_plan,
             config.delete_batch_rows,
+            config.delete_step_time,
             grace_clock.clone(),
             deletes,
         );
