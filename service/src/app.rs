@@ -289,7 +289,6 @@ impl Application {
             writer.clone(),
             config.default_plan,
             config.delete_batch_rows,
-            config.delete_step_time,
             grace_clock.clone(),
             deletes,
         );

@@ -161,20 +161,12 @@ pub struct Config {
     #[arg(long, env = "REQLOG_DEFAULT_PLAN", value_enum, default_value_t = Plan::Free)]
     pub default_plan: Plan,
 
-    /// Rows one purge or sweep statement deletes, and the most one sweep transaction
-    /// deletes. SQLite: ingest runs between transactions (with 5,000, ingest p99 during a
-    /// 1M-row sweep was 361 ms; with 1,000, 123 ms). PostgreSQL: transactions run beside
-    /// ingest; smaller ones hold row locks for less time.
+    /// Rows one purge or sweep transaction deletes. SQLite: ingest runs between batches (with
+    /// 5,000, ingest p99 during a 1M-row sweep was 361 ms; with 1,000, 123 ms). PostgreSQL:
+    /// batches run beside ingest; smaller ones hold row locks for less time.
     #[arg(long, env = "REQLOG_DELETE_BATCH_ROWS", default_value_t = 1_000,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub delete_batch_rows: u64,
-
-    /// How long one purge or sweep transaction goes on taking batches (purge) or accounts
-    /// (sweep) once it has one; on SQLite ingest waits for the whole transaction. `0`: one
-    /// batch or account a transaction.
-    #[arg(long, env = "REQLOG_DELETE_STEP_TIME", default_value = "20ms",
-          value_parser = parse_duration)]
-    pub delete_step_time: Duration,
 
     /// SQLite only: WAL frames (pages) past which the checkpointer copies the last ones on
     /// the writer, between two groups, so that the WAL starts over instead of growing (a
@@ -236,7 +228,6 @@ impl fmt::Debug for Config {
             .field("sweep_interval", &self.sweep_interval)
             .field("default_plan", &self.default_plan)
             .field("delete_batch_rows", &self.delete_batch_rows)
-            .field("delete_step_time", &self.delete_step_time)
             .field("sqlite_wal_restart_frames", &self.sqlite_wal_restart_frames)
             .field(
                 "sqlite_checkpoint_interval",

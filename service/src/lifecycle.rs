@@ -23,13 +23,15 @@ use crate::shutdown::Ending;
 use crate::store::StoreError;
 use crate::store::activity::{self, NewActivity};
 use crate::store::admin::{self, AgeCount, SWEEP_LOCK_ID};
-use crate::store::dictionary;
 use crate::store::search::DeletesRunning;
 use crate::store::writer::Writer;
 
 /// Accounts one sweep transaction visits at most: each costs a statement even when it has
 /// nothing to delete.
 const SWEEP_ACCOUNTS_PER_STEP: usize = 500;
+
+/// Time after which a sweep transaction takes no further account (ingest waits meanwhile).
+const SWEEP_STEP_BUDGET: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Rows deleted from one account by a sweep.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,22 +107,19 @@ pub struct Lifecycle {
     writer: Writer,
     default_plan: Plan,
     batch_rows: u64,
-    step_time: std::time::Duration,
     sweeping: Arc<Mutex<()>>,
     stopping: Ending,
     deletes: DeletesRunning,
 }
 
 impl Lifecycle {
-    /// Lifecycle operations deleting `batch_rows` rows per statement in transactions that
-    /// take no further batch or account after `step_time`, stopping between two
-    /// transactions once `stopping` fires, and marking `deletes` while they delete.
+    /// Lifecycle operations deleting `batch_rows` rows per transaction, stopping between
+    /// two transactions once `stopping` fires, and marking `deletes` while they delete.
     pub fn new(
         db: DatabaseConnection,
         writer: Writer,
         default_plan: Plan,
         batch_rows: u64,
-        step_time: std::time::Duration,
         stopping: Ending,
         deletes: DeletesRunning,
     ) -> Self {
@@ -129,7 +128,6 @@ impl Lifecycle {
             writer,
             default_plan,
             batch_rows: batch_rows.max(1),
-            step_time,
             sweeping: Arc::new(Mutex::new(())),
             stopping,
             deletes,
@@ -173,8 +171,7 @@ impl Lifecycle {
         }
     }
 
-    /// Deletes a key's rows, a step at a time, until none is left or the server begins
-    /// stopping.
+    /// Deletes a key's rows in batches until none is left or the server begins stopping.
     async fn delete_key_rows(
         &self,
         account_id: &str,
@@ -182,22 +179,19 @@ impl Lifecycle {
     ) -> Result<Purge, StoreError> {
         let _running = self.deletes.enter();
         let mut deleted = 0;
-        // An account that never sent a record has no number, and no rows.
-        let Some(account_no) = dictionary::account_no(&self.db, account_id).await? else {
-            return Ok(Purge {
-                deleted,
-                interrupted: false,
-            });
-        };
         loop {
-            let (key, limit, budget) = (api_key_id.to_owned(), self.batch_rows, self.step_time);
-            let step = self
+            let (account, key, limit) = (
+                account_id.to_owned(),
+                api_key_id.to_owned(),
+                self.batch_rows,
+            );
+            let batch = self
                 .deleting(move |db| async move {
-                    admin::purge_step(&db, account_no, &key, limit, budget).await
+                    admin::delete_key_rows(&db, &account, &key, limit).await
                 })
                 .await?;
-            deleted += step.deleted;
-            if step.finished {
+            deleted += batch;
+            if batch < self.batch_rows {
                 return Ok(Purge {
                     deleted,
                     interrupted: false,
@@ -354,11 +348,11 @@ impl Lifecycle {
                 .take(SWEEP_ACCOUNTS_PER_STEP)
                 .map(|(item, _)| item.clone())
                 .collect();
-            let (limit, budget) = (self.batch_rows, self.step_time);
+            let limit = self.batch_rows;
             let progress = self
-                .deleting(
-                    move |db| async move { admin::sweep_step(&db, &work, limit, budget).await },
-                )
+                .deleting(move |db| async move {
+                    admin::sweep_step(&db, &work, limit, SWEEP_STEP_BUDGET).await
+                })
                 .await?;
             if progress.is_empty() {
                 break;

@@ -643,9 +643,7 @@ async fn row_count(server: &TestServer, account: &str) -> i64 {
 /// Rows deleted 10 a transaction: a purge or sweep of thousands takes a few hundred commits.
 fn slow_deletes(config: &mut reqlog_service::config::Config) {
     config.sweep_interval = Duration::ZERO;
-    // Ten rows a transaction: a step may not go on to the next batch.
     config.delete_batch_rows = 10;
-    config.delete_step_time = Duration::ZERO;
 }
 
 /// Stops the server a moment into `call` (2,000 commits take seconds) and returns its

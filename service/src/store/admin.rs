@@ -108,48 +108,26 @@ pub async fn mark_key_deleted(
     Ok(())
 }
 
-/// What one [`purge_step`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PurgeProgress {
-    /// Rows of the key deleted in this step.
-    pub deleted: u64,
-    /// Whether the key has no row left.
-    pub finished: bool,
-}
-
-/// One transaction of a purge: deletes a key's rows `limit` at a time until none is left
-/// or `budget` has passed. Each commit costs an fsync, so a step takes as many batches as
-/// fit in the time ingest is made to wait anyway (SQLite, 100k of 1M rows: a commit per
-/// 1,000 rows made the purge 1.67× a raw DELETE in 5,000-row batches).
-pub async fn purge_step(
+/// Deletes up to `limit` rows of a key, in one transaction; returns how many.
+pub async fn delete_key_rows(
     db: &DatabaseConnection,
-    account_no: i64,
+    account_id: &str,
     api_key_id: &str,
     limit: u64,
-    budget: std::time::Duration,
-) -> Result<PurgeProgress, StoreError> {
-    let started = std::time::Instant::now();
-    let txn = super::begin_write(db).await?;
-    let mut progress = PurgeProgress {
-        deleted: 0,
-        finished: false,
+) -> Result<u64, StoreError> {
+    let Some(account_no) = account_no(db, account_id).await? else {
+        return Ok(0);
     };
-    loop {
-        let mut batch = Query::select();
-        batch
-            .from(log_entry::Entity)
-            .and_where(log_entry::Column::AccountNo.eq(account_no))
-            .and_where(log_entry::Column::ApiKeyId.eq(api_key_id))
-            .limit(limit);
-        let deleted = delete_batch(&txn, batch).await?;
-        progress.deleted += deleted;
-        progress.finished = deleted < limit;
-        if progress.finished || started.elapsed() >= budget {
-            break;
-        }
-    }
+    let mut batch = Query::select();
+    batch
+        .from(log_entry::Entity)
+        .and_where(log_entry::Column::AccountNo.eq(account_no))
+        .and_where(log_entry::Column::ApiKeyId.eq(api_key_id))
+        .limit(limit);
+    let txn = super::begin_write(db).await?;
+    let deleted = delete_batch(&txn, batch).await?;
     txn.commit().await?;
-    Ok(progress)
+    Ok(deleted)
 }
 
 /// One account's share of a retention sweep.
@@ -668,53 +646,6 @@ pub async fn usage(
 mod tests {
     use super::*;
     use crate::store::test_count as count;
-
-    #[tokio::test]
-    async fn a_purge_step_takes_batches_until_its_budget_is_spent() {
-        let (_dir, db) = crate::store::test_database().await;
-        // 25 rows of key 'gone' and 3 of key 'kept', in account 1.
-        db.execute_unprepared(
-            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 27) \
-             INSERT INTO log_entries (id, account_no, ts, api_key_id, api_key_name, \
-             api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
-             SELECT i + 1, 1, i, CASE WHEN i < 25 THEN 'gone' ELSE 'kept' END, 'name', 'pk_', \
-             'GET', '/v1', 200, X'ab', 1 FROM n",
-        )
-        .await
-        .unwrap();
-        let step = |deleted, finished| PurgeProgress { deleted, finished };
-        // No time to spare: one batch a step, and a short batch means the key is done.
-        let mut steps = Vec::new();
-        for _ in 0..3 {
-            let progress = purge_step(&db, 1, "gone", 10, std::time::Duration::ZERO)
-                .await
-                .unwrap();
-            steps.push((progress, count(&db, "log_entries").await));
-        }
-        assert_eq!(
-            steps,
-            [
-                (step(10, false), 18),
-                (step(10, false), 8),
-                (step(5, true), 3)
-            ]
-        );
-
-        // Time to spare: batches until one is short, in one step. Another account's row stays.
-        db.execute_unprepared(
-            "UPDATE log_entries SET api_key_id = 'gone'; \
-             INSERT INTO log_entries (id, account_no, ts, api_key_id, api_key_name, \
-             api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
-             VALUES (100, 2, 1, 'gone', 'name', 'pk_', 'GET', '/v1', 200, X'ab', 1)",
-        )
-        .await
-        .unwrap();
-        let progress = purge_step(&db, 1, "gone", 2, std::time::Duration::from_secs(60))
-            .await
-            .unwrap();
-        assert_eq!(progress, step(3, true));
-        assert_eq!(count(&db, "log_entries").await, 1);
-    }
 
     #[tokio::test]
     async fn a_sweep_step_prunes_keys_within_its_budget() {

@@ -490,7 +490,7 @@ mod tests {
         assert_eq!(chunk(&db).await, (100, false));
         assert_eq!(watermark(&db).await.unwrap(), 600);
         // A full chunk of removals may have left some; one that drops fewer has not.
-        crate::store::admin::purge_step(&db, 1, "k", 600, std::time::Duration::ZERO)
+        crate::store::admin::delete_key_rows(&db, "a", "k", 600)
             .await
             .unwrap();
         assert_eq!(queued_removals(&db).await, 600);
@@ -547,10 +547,9 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(
-            crate::store::admin::purge_step(&db, 1, "gone", 100, std::time::Duration::ZERO)
+            crate::store::admin::delete_key_rows(&db, "a", "gone", 100)
                 .await
-                .unwrap()
-                .deleted,
+                .unwrap(),
             1
         );
         // The delete only queued the row: its posting stays until the indexer's next chunk.
