@@ -30,7 +30,7 @@ backend_tests!(
     slow_reader_completes_correctly,
     exports_beyond_the_limit_are_refused,
     database_failure_mid_stream_ends_in_an_error,
-    sqlite_connections_get_their_page_cache_back,
+    sqlite_exports_hold_their_snapshot_until_they_end,
 );
 
 const HEADER: &str = "apikey_name,apikey_prefix,method,endpoint,query_params,status_code,error_code,ip_hash,timestamp";
@@ -827,10 +827,13 @@ async fn rows_recorded_during_an_export_do_not_appear(backend: Backend) {
             })
             .collect();
         seed_records(&server, late).await;
-        assert!(
-            connections_in_use(&server.db) >= 1,
-            "the export should still hold its snapshot"
-        );
+        match backend {
+            Backend::Postgres => assert!(
+                connections_in_use(&server.db) >= 1,
+                "the export should still hold its snapshot"
+            ),
+            Backend::Sqlite => assert_snapshot_held(&server).await,
+        }
 
         let mut summary = None;
         while let Some(message) = stream.message().await.expect("no error") {
@@ -859,8 +862,8 @@ async fn rows_recorded_during_an_export_do_not_appear(backend: Backend) {
     server.shutdown().await;
 }
 
-/// Pooled connections checked out now. An export's snapshot holds one from its start
-/// until its producer task ends.
+/// Pooled connections checked out now. On PostgreSQL an export's snapshot holds one from
+/// its start until its producer task ends.
 fn connections_in_use(db: &DatabaseConnection) -> usize {
     let (size, idle) = match db {
         DatabaseConnection::SqlxSqlitePoolConnection(_) => {
@@ -927,20 +930,26 @@ async fn cancelled_export_stops_the_producer(backend: Backend) {
             .into_inner();
         let first = stream.message().await.expect("a message").expect("a chunk");
         assert!(matches!(first.payload, Some(Payload::Chunk(_))));
-        assert!(
-            connections_in_use(&server.db) >= 1,
-            "the export is under way"
-        );
-        if backend == Backend::Postgres {
-            assert!(
-                open_transactions(&server.db, false).await >= 1,
-                "the snapshot is open"
-            );
+        match backend {
+            Backend::Postgres => {
+                assert!(
+                    connections_in_use(&server.db) >= 1,
+                    "the export is under way"
+                );
+                assert!(
+                    open_transactions(&server.db, false).await >= 1,
+                    "the snapshot is open"
+                );
+            }
+            Backend::Sqlite => assert_snapshot_held(&server).await,
         }
         drop(stream);
-        wait_for_idle_pool(&server.db).await;
-        if backend == Backend::Postgres {
-            assert_eq!(open_transactions(&server.db, true).await, 0);
+        match backend {
+            Backend::Postgres => {
+                wait_for_idle_pool(&server.db).await;
+                assert_eq!(open_transactions(&server.db, true).await, 0);
+            }
+            Backend::Sqlite => wait_for_no_snapshot(&server.db).await,
         }
     }
     // The server still serves: ingest, ListLogs, and a whole export.
@@ -1147,11 +1156,70 @@ async fn database_failure_mid_stream_ends_in_an_error(backend: Backend) {
     server.shutdown().await;
 }
 
-async fn sqlite_connections_get_their_page_cache_back(backend: Backend) {
+/// SQLite: `(log, checkpointed)` frames of a passive checkpoint run now. A checkpoint
+/// cannot copy back frames newer than a reader's snapshot, so `checkpointed < log` after a
+/// commit shows some reader still holds an older snapshot.
+async fn checkpoint_frames(db: &DatabaseConnection) -> (i64, i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = db
+            .query_one(Statement::from_string(
+                db.get_database_backend(),
+                "PRAGMA wal_checkpoint(PASSIVE)",
+            ))
+            .await
+            .expect("PRAGMA wal_checkpoint")
+            .expect("a row");
+        let frames = |column| row.try_get_by_index::<i64>(column).expect("a number");
+        // -1: the server's own checkpoint was running; ask again.
+        if frames(1) >= 0 {
+            return (frames(1), frames(2));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "checkpoints never got their turn"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// SQLite: an export under way holds its snapshot (on its own connection, not a pooled
+/// one): a row committed now stays in the WAL, whatever the checkpoints do.
+async fn assert_snapshot_held(server: &TestServer) {
+    server
+        .client
+        .record(record("acct_snapshot", 0))
+        .await
+        .expect("a commit after the export started");
+    let (log, checkpointed) = checkpoint_frames(&server.db).await;
+    assert!(
+        checkpointed < log,
+        "no snapshot holds the WAL back ({checkpointed} of {log} frames copied back)"
+    );
+}
+
+/// SQLite: waits until a checkpoint copies back the whole WAL: no reader holds an old
+/// snapshot any more (writes of the search indexer may still come and go meanwhile).
+async fn wait_for_no_snapshot(db: &DatabaseConnection) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (log, checkpointed) = checkpoint_frames(db).await;
+        if checkpointed == log {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a snapshot is still held after the export ended ({checkpointed} of {log} frames)"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn sqlite_exports_hold_their_snapshot_until_they_end(backend: Backend) {
     if backend != Backend::Sqlite {
         return;
     }
-    // One pooled connection: the export's, then the one the test inspects.
+    // One pooled connection: the export must not need it, or ListLogs would wait for it.
     let Some(server) = TestServer::start_with(backend, |config| {
         config.sweep_interval = Duration::ZERO;
         config.db_max_connections = 1;
@@ -1160,35 +1228,34 @@ async fn sqlite_connections_get_their_page_cache_back(backend: Backend) {
     else {
         return;
     };
-    seed(&server, "acct_cache", 20_000).await;
-    let cache_size = || async {
-        server
-            .db
-            .query_one(Statement::from_string(
-                server.db.get_database_backend(),
-                "PRAGMA cache_size",
-            ))
-            .await
-            .expect("PRAGMA cache_size")
-            .expect("a row")
-            .try_get_by_index::<i64>(0)
-            .expect("a number")
-    };
-    let pooled = cache_size().await;
-    assert_eq!(pooled, -65536, "the pool's setting");
-    // A whole export, then a cancelled one.
-    export(&server, export_request("acct_cache", pb::ExportFormat::Csv)).await;
-    assert_eq!(cache_size().await, pooled);
+    seed(&server, "acct_wal", 20_000).await;
     let mut stream = server
         .client
         .logs()
-        .export_logs(export_request("acct_cache", pb::ExportFormat::Csv))
+        .export_logs(export_request("acct_wal", pb::ExportFormat::Csv))
         .await
         .expect("the export starts")
         .into_inner();
     stream.message().await.expect("a message").expect("a chunk");
-    drop(stream);
-    assert_eq!(cache_size().await, pooled);
+    assert_snapshot_held(&server).await;
+    let page = server
+        .client
+        .list_logs(pb::ListLogsRequest {
+            account_id: "acct_wal".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ListLogs during an export");
+    assert_eq!(page.logs.len(), 500);
+    // Read to the end: the snapshot ends with the export.
+    let mut rows = None;
+    while let Some(message) = stream.message().await.expect("no error") {
+        if let Some(Payload::Summary(summary)) = message.payload {
+            rows = Some(summary.row_count);
+        }
+    }
+    assert_eq!(rows, Some(20_000));
+    wait_for_no_snapshot(&server.db).await;
     server.shutdown().await;
 }
 

@@ -1,8 +1,8 @@
 //! `LogService.ExportLogs`: validate, open the snapshot, then stream the file from a task.
 //!
 //! Memory stays bounded whatever the row count: the producer task holds two pages of rows,
-//! the one it encodes and the next one being read (each at most [`EXPORT_PAGE_ROWS`]; on
-//! SQLite read as one JSON text, the rows' text borrowed from it), less than a chunk plus
+//! the one it encodes and the next one being read (each at most [`EXPORT_PAGE_ROWS`]), less
+//! than a chunk plus
 //! one encoding batch of pending bytes, and the channel to the response holds at most
 //! [`CHANNEL_MESSAGES`] chunks of 64 KiB; HTTP/2 flow control bounds what the transport
 //! holds. A few MiB in all (measured: 1M rows raise the server's peak RSS by ~6 MiB).
@@ -45,11 +45,11 @@ const ENCODE_BATCH_ROWS: usize = 64;
 
 type Sender = mpsc::Sender<Result<pb::ExportLogsResponse, Status>>;
 
-/// How many exports may run at once on one server. Each export holds a pooled database
-/// connection for its whole duration (its snapshot), so they get at most half the pool:
-/// ListLogs, GetUsageStats and the health check always find a connection. More exports
-/// than that are refused with RESOURCE_EXHAUSTED (retryable) rather than queued behind
-/// exports of unknown length.
+/// How many exports may run at once on one server: half the pool. Each export holds a
+/// database connection for its whole duration (its snapshot; on PostgreSQL a pooled one,
+/// so ListLogs, GetUsageStats and the health check always find one). More exports than
+/// that are refused with RESOURCE_EXHAUSTED (retryable) rather than queued behind exports
+/// of unknown length.
 #[derive(Debug, Clone)]
 pub struct ExportLimit(Arc<Semaphore>);
 
@@ -197,8 +197,8 @@ async fn write_file(
 }
 
 /// Every page through the encoder, sending each full chunk as soon as it is. The next page
-/// is read while the current one is encoded: the database works on its own thread (SQLite's
-/// driver) or server meanwhile. Reading and encoding by turns left the machine 29% idle in a
+/// is read while the current one is encoded: the database works on a blocking thread
+/// (SQLite) or its server meanwhile. Reading and encoding by turns left the machine 29% idle in a
 /// profile of a 1M-row CSV export.
 async fn write_rows(
     reader: &ExportReader,
@@ -209,7 +209,7 @@ async fn write_rows(
     encoder.begin(chunker.buffer())?;
     let mut page = reader.read_page(None).await?;
     loop {
-        let PageRows { rows, next } = page.rows()?;
+        let PageRows { rows, next } = page.rows();
         let Some(next) = next else {
             return encode_rows(&rows, encoder, chunker, sender).await;
         };

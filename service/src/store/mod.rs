@@ -268,6 +268,13 @@ pub(crate) fn json_param<T: serde::Serialize>(values: &[T]) -> Result<String, St
 pub(crate) async fn test_database() -> (tempfile::TempDir, DatabaseConnection) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+    (dir, test_database_at(url).await)
+}
+
+/// A migrated SQLite database at `url` behind a pool of one connection, for the store's
+/// unit tests.
+#[cfg(test)]
+pub(crate) async fn test_database_at(url: String) -> DatabaseConnection {
     let db = connect(&DbOptions {
         url,
         max_connections: 1,
@@ -277,7 +284,7 @@ pub(crate) async fn test_database() -> (tempfile::TempDir, DatabaseConnection) {
     .await
     .expect("connect");
     migrate(&db).await.expect("migrate");
-    (dir, db)
+    db
 }
 
 /// Rows in an SQLite `table`, for the store's unit tests.
