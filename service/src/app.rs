@@ -79,6 +79,18 @@ fn check_config(config: &Config) -> Result<(), AppError> {
             config.listen
         )));
     }
+    // Each pool (the writer's, the readers') would open a database of its own: records
+    // accepted, never found, and all gone at exit.
+    if config.database_url.starts_with("sqlite:")
+        && store::sqlite_path(&config.database_url).is_none()
+    {
+        return Err(AppError::Config(
+            "--database-url must name an SQLite file (e.g. sqlite://reqlog.db?mode=rwc): a \
+             database in memory or without a path is private to one connection pool, and \
+             reqlog reads and writes through separate pools"
+                .into(),
+        ));
+    }
     if config.sqlite_checkpoint_interval.is_zero() {
         return Err(AppError::Config(
             "--sqlite-checkpoint-interval must be longer than 0".into(),

@@ -232,6 +232,30 @@ async fn a_non_loopback_listen_address_is_refused_without_access_control() {
 }
 
 #[tokio::test]
+async fn an_sqlite_database_without_a_file_is_refused() {
+    let test_db = TestDb::create(Backend::Sqlite)
+        .await
+        .expect("sqlite always works");
+    for url in [
+        "sqlite::memory:",
+        "sqlite://logs.db?mode=memory&cache=shared",
+        "sqlite://",
+    ] {
+        let mut config = test_config(&test_db.url);
+        config.database_url = url.into();
+        let error = Application::build(&config)
+            .await
+            .expect_err("must not start");
+        assert!(
+            error
+                .to_string()
+                .contains("--database-url must name an SQLite file"),
+            "{url}: {error}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_zero_checkpoint_interval_is_refused() {
     let test_db = TestDb::create(Backend::Sqlite)
         .await

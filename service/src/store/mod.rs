@@ -312,13 +312,18 @@ pub async fn ping(db: &DatabaseConnection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The file behind an SQLite URL, if it names one (not `:memory:`).
+/// The file behind an SQLite URL, if it names one: not `:memory:` nor `mode=memory` (in
+/// memory), nor an empty path (a temporary file of the connection's own).
 pub fn sqlite_path(url: &str) -> Option<PathBuf> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;
-    let path = rest.split('?').next().unwrap_or_default();
-    (!path.is_empty() && !path.contains(":memory:")).then(|| PathBuf::from(path))
+    let (path, options) = rest.split_once('?').unwrap_or((rest, ""));
+    let in_memory = path.contains(":memory:")
+        || options
+            .split('&')
+            .any(|option| option.eq_ignore_ascii_case("mode=memory"));
+    (!path.is_empty() && !in_memory).then(|| PathBuf::from(path))
 }
 
 /// The backend of a connection.
@@ -451,6 +456,11 @@ mod tests {
             Some(PathBuf::from("/tmp/x.db"))
         );
         assert_eq!(sqlite_path("sqlite::memory:"), None);
+        assert_eq!(
+            sqlite_path("sqlite://logs.db?cache=shared&mode=memory"),
+            None
+        );
+        assert_eq!(sqlite_path("sqlite://"), None);
         assert_eq!(sqlite_path("postgres://localhost/db"), None);
     }
 }
