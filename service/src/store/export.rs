@@ -25,9 +25,9 @@
 //!   worker thread to the task through a channel and copies each value on its own; reading
 //!   a page as one JSON value instead (the design before this one) left SQLite building and
 //!   the task parsing and re-sorting JSON on the export's critical path. Rows stepped
-//!   straight into tuples on a blocking thread export 27% more rows a second (BENCHMARKS.md,
-//!   "the export's pages read through rusqlite"), and the export takes no connection from
-//!   the pool the other readers share. The WAL cannot be checkpointed past the snapshot
+//!   straight into tuples on a blocking thread export 50% more rows a second (BENCHMARKS.md,
+//!   "W4: SQLite exports on a rusqlite connection of their own"), and the export takes no
+//!   connection from the pool the other readers share. The WAL cannot be checkpointed past the snapshot
 //!   until the export ends. An SQLite database with no file (in memory) is read like
 //!   PostgreSQL, on a pooled connection.
 //!
