@@ -51,7 +51,7 @@ use super::dictionary;
 use super::entity::log_entry;
 use super::logs::page_select;
 use crate::domain::export::{ExportQuery, ExportRow};
-use crate::domain::filter::{SortField, SortOrder};
+use crate::domain::filter::{LogQuery, SortField, SortOrder};
 use crate::domain::ip::to_hex;
 use crate::domain::page_token::{Cursor, CursorValue};
 
@@ -153,7 +153,7 @@ impl ExportReader {
                 (Snapshot::Own(Arc::new(Mutex::new(connection))), account_no)
             }
             None => {
-                let txn = begin_pooled(db).await?;
+                let txn = begin_pooled(db, prefers_ordered_scan(&query)).await?;
                 let account_no = dictionary::account_no(&txn, account_id).await?;
                 (Snapshot::Pooled(txn), account_no)
             }
@@ -265,7 +265,10 @@ async fn open_own(file: PathBuf) -> Result<rusqlite::Connection, StoreError> {
 
 /// PostgreSQL (and SQLite in memory): a transaction on a pooled connection whose first
 /// statement has taken the snapshot.
-async fn begin_pooled(db: &DatabaseConnection) -> Result<DatabaseTransaction, StoreError> {
+async fn begin_pooled(
+    db: &DatabaseConnection,
+    ordered_scan: bool,
+) -> Result<DatabaseTransaction, StoreError> {
     let txn = match db.get_database_backend() {
         DbBackend::Postgres => {
             let txn = db
@@ -280,6 +283,10 @@ async fn begin_pooled(db: &DatabaseConnection) -> Result<DatabaseTransaction, St
                 "SET LOCAL application_name = '{EXPORT_APPLICATION_NAME}'"
             ))
             .await?;
+            if ordered_scan {
+                txn.execute_unprepared("SET LOCAL enable_sort = off")
+                    .await?;
+            }
             txn
         }
         // SQLite has neither setting (sea-orm would only warn): a deferred BEGIN's first
@@ -295,6 +302,25 @@ async fn begin_pooled(db: &DatabaseConnection) -> Result<DatabaseTransaction, St
         .one(&txn)
         .await?;
     Ok(txn)
+}
+
+/// PostgreSQL: whether every page of this export is best read by walking an index in the
+/// export's order (`(account_no, ts, id)`, or `(account_no, api_key_id, ts, id)` for one
+/// key), so the planner is told to avoid sorting (`enable_sort = off`, for the export's
+/// transaction only). Such a walk stops after a page's rows and, over the whole export,
+/// reads each of the account's rows at most once. Left to its estimate, the planner sorts
+/// instead when it believes the account small, as it does before the table's statistics
+/// name the account (after a bulk load, or for an account that grew since the last
+/// `ANALYZE`): a bitmap scan of every row below the cursor and a sort, page after page
+/// (1M rows: 197 ms a page against 0.4 ms, the export 4.5 s against 2.4 s). Not with a
+/// search term, several keys or a selection of ids: there an index of their own may find
+/// few rows, which a sort orders cheaply, and no index gives their order.
+fn prefers_ordered_scan(query: &ExportQuery) -> bool {
+    let LogQuery { order, filter, .. } = &query.query;
+    order.field == SortField::Timestamp
+        && query.ids.is_none()
+        && filter.search.is_none()
+        && filter.api_key_ids.len() <= 1
 }
 
 /// One page's rows off the export's own SQLite connection, stepped on a blocking thread.
@@ -586,6 +612,40 @@ mod tests {
         assert!(matches!(error, StoreError::Database(_)), "{error:?}");
         // Read-only: the export never creates the file either.
         assert!(!missing.exists());
+    }
+
+    #[test]
+    fn only_exports_in_time_order_without_search_or_several_keys_avoid_sorts() {
+        let with = |field, filter: LogFilter| {
+            let order = SortOrder {
+                field,
+                descending: true,
+            };
+            let query = LogQuery::new("a", filter, order).expect("a valid query");
+            prefers_ordered_scan(&ExportQuery::new(query, &[]).expect("an export"))
+        };
+        let keys = |ids: &[&str]| LogFilter {
+            api_key_ids: ids.iter().map(|id| (*id).to_owned()).collect(),
+            ..LogFilter::default()
+        };
+        assert!(with(SortField::Timestamp, LogFilter::default()));
+        assert!(with(SortField::Timestamp, keys(&["k1"])));
+        let statuses = LogFilter {
+            status_codes: vec![429],
+            ..LogFilter::default()
+        };
+        assert!(with(SortField::Timestamp, statuses));
+        assert!(!with(SortField::Timestamp, keys(&["k1", "k2"])));
+        let search = LogFilter {
+            search: Some("needle".into()),
+            ..LogFilter::default()
+        };
+        assert!(!with(SortField::Timestamp, search));
+        assert!(!with(SortField::Endpoint, LogFilter::default()));
+        let query =
+            LogQuery::new("a", LogFilter::default(), SortOrder::default()).expect("a valid query");
+        let selection = ExportQuery::new(query, &["7".to_owned()]).expect("an export");
+        assert!(!prefers_ordered_scan(&selection));
     }
 
     #[test]
