@@ -25,6 +25,7 @@ async fn main() -> ExitCode {
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
+                    let error = with_causes(&error);
                     tracing::error!(%error, "reqlog stopped");
                     eprintln!("reqlog: {error}");
                     ExitCode::FAILURE
@@ -35,6 +36,21 @@ async fn main() -> ExitCode {
         // Every other subcommand is an operator command over the SDK.
         command => cli::run(command).await,
     }
+}
+
+/// The error and each cause its message does not already include: "database: database
+/// error" alone does not say that a migration failed, or why.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let text = next.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        cause = next.source();
+    }
+    message
 }
 
 /// `reqlog hash-token`: the token comes on stdin (never as an argument, which `ps` and

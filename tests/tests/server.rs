@@ -256,6 +256,59 @@ async fn an_sqlite_database_without_a_file_is_refused() {
 }
 
 #[tokio::test]
+async fn an_sqlite_url_without_a_mode_creates_its_file() {
+    let test_db = TestDb::create(Backend::Sqlite)
+        .await
+        .expect("sqlite always works");
+    let dir = tempfile::tempdir().expect("a temporary directory should be creatable");
+    let file = dir.path().join("new.db");
+    let mut config = test_config(&test_db.url);
+    config.database_url = format!("sqlite://{}", file.display());
+    let app = Application::build(&config)
+        .await
+        .expect("a missing file should be created");
+    let tables = app
+        .database()
+        .query_one(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Sqlite,
+            "SELECT COUNT(*) AS n FROM sqlite_schema WHERE name = 'log_entries'",
+        ))
+        .await
+        .expect("the schema should be readable")
+        .expect("one row")
+        .try_get::<i64>("", "n")
+        .expect("a count");
+    assert_eq!(tables, 1, "the new file should be migrated");
+    assert!(file.exists());
+}
+
+#[tokio::test]
+async fn an_sqlite_file_that_cannot_be_opened_is_named_with_its_cause() {
+    let test_db = TestDb::create(Backend::Sqlite)
+        .await
+        .expect("sqlite always works");
+    let dir = tempfile::tempdir().expect("a temporary directory should be creatable");
+    let mut config = test_config(&test_db.url);
+    for url in [
+        // No such directory, whether or not the URL asks for the file to be created.
+        format!("sqlite://{}/missing/new.db", dir.path().display()),
+        format!("sqlite://{}/missing/new.db?mode=rwc", dir.path().display()),
+        // An explicit read-write mode does not create the file.
+        format!("sqlite://{}/absent.db?mode=rw", dir.path().display()),
+    ] {
+        config.database_url = url.clone();
+        let error = Application::build(&config)
+            .await
+            .expect_err("must not start");
+        assert!(
+            error.to_string().contains("unable to open database file"),
+            "{url}: {error}"
+        );
+    }
+    assert!(!dir.path().join("absent.db").exists());
+}
+
+#[tokio::test]
 async fn a_zero_checkpoint_interval_is_refused() {
     let test_db = TestDb::create(Backend::Sqlite)
         .await

@@ -27,7 +27,7 @@ use sea_orm::{
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached now; retrying later may succeed.
-    #[error("database unavailable")]
+    #[error("database unavailable: {0}")]
     Unavailable(String),
     /// The writer has stopped (the server is shutting down).
     #[error("writer stopped")]
@@ -108,6 +108,9 @@ pub struct DbOptions {
 /// fsync'd before the writer answers (durable across power loss, not only process crashes).
 pub async fn connect(options: &DbOptions) -> Result<DatabaseConnection, StoreError> {
     let sqlite_writer = options.sqlite_writer;
+    // sqlx opens an SQLite file only if it exists unless the URL says `mode=rwc`; a path
+    // without a mode is created as well, as for the default URL.
+    let create_sqlite_file = !sqlite_mode_given(&options.url);
     let mut connect = ConnectOptions::new(options.url.clone());
     connect
         .max_connections(options.max_connections)
@@ -116,6 +119,11 @@ pub async fn connect(options: &DbOptions) -> Result<DatabaseConnection, StoreErr
         .acquire_timeout(Duration::from_secs(5))
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(move |sqlite| {
+            let sqlite = if create_sqlite_file {
+                sqlite.create_if_missing(true)
+            } else {
+                sqlite
+            };
             sqlite
                 .pragma(
                     "wal_autocheckpoint",
@@ -326,6 +334,17 @@ pub fn sqlite_path(url: &str) -> Option<PathBuf> {
     (!path.is_empty() && !in_memory).then(|| PathBuf::from(path))
 }
 
+/// Whether an SQLite URL says how to open its file (`mode=ro`, `rw`, `rwc` or `memory`).
+fn sqlite_mode_given(url: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, options)| {
+        options.split('&').any(|option| {
+            option
+                .get(..5)
+                .is_some_and(|name| name.eq_ignore_ascii_case("mode="))
+        })
+    })
+}
+
 /// The backend of a connection.
 pub fn backend(db: &impl ConnectionTrait) -> DbBackend {
     db.get_database_backend()
@@ -462,5 +481,14 @@ mod tests {
         );
         assert_eq!(sqlite_path("sqlite://"), None);
         assert_eq!(sqlite_path("postgres://localhost/db"), None);
+    }
+
+    #[test]
+    fn sqlite_urls_without_a_mode_are_told_apart() {
+        assert!(sqlite_mode_given("sqlite://reqlog.db?mode=rwc"));
+        assert!(sqlite_mode_given("sqlite:///tmp/x.db?cache=shared&MODE=ro"));
+        assert!(!sqlite_mode_given("sqlite:///tmp/x.db"));
+        assert!(!sqlite_mode_given("sqlite:///tmp/x.db?cache=shared"));
+        assert!(!sqlite_mode_given("sqlite:///tmp/mode=rw.db"));
     }
 }
