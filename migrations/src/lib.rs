@@ -10,6 +10,7 @@ mod m20261122_000002_activity;
 mod m20261122_000003_search_index;
 mod m20261124_000004_sqlite_search_index;
 mod m20261130_000005_sqlite_search_removals;
+mod m20261206_000006_search_timestamps;
 
 /// Every reqlog migration, in order.
 #[derive(Debug)]
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000003_search_index::Migration),
             Box::new(m20261124_000004_sqlite_search_index::Migration),
             Box::new(m20261130_000005_sqlite_search_removals::Migration),
+            Box::new(m20261206_000006_search_timestamps::Migration),
         ]
     }
 }

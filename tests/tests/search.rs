@@ -10,6 +10,7 @@ use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 
 backend_tests!(
     rare_terms_page_through_indexed_and_newest_rows,
+    filtered_rare_terms_take_candidates_until_the_page_fills,
     purged_rows_leave_the_search_index,
     rows_purged_before_indexing_never_reach_the_index,
 );
@@ -52,6 +53,23 @@ async fn record_all(server: &TestServer, records: Vec<pb::RequestRecord>) {
 }
 
 async fn search_all(server: &TestServer, term: &str, page_size: i32) -> Vec<String> {
+    search_filtered(
+        server,
+        pb::LogFilter {
+            search: term.into(),
+            ..Default::default()
+        },
+        page_size,
+    )
+    .await
+}
+
+/// Every page of the filter's rows (the filter names a search term), as their query params.
+async fn search_filtered(
+    server: &TestServer,
+    filter: pb::LogFilter,
+    page_size: i32,
+) -> Vec<String> {
     let mut params = Vec::new();
     let mut token = String::new();
     loop {
@@ -59,10 +77,7 @@ async fn search_all(server: &TestServer, term: &str, page_size: i32) -> Vec<Stri
             .client
             .list_logs(pb::ListLogsRequest {
                 account_id: ACCOUNT.into(),
-                filter: Some(pb::LogFilter {
-                    search: term.into(),
-                    ..Default::default()
-                }),
+                filter: Some(filter.clone()),
                 page_size,
                 page_token: token,
                 ..Default::default()
@@ -148,26 +163,82 @@ async fn rare_terms_page_through_indexed_and_newest_rows(backend: Backend) {
     server.shutdown().await;
 }
 
+/// A rare term whose rows the page's other filters mostly drop: the index's candidates are
+/// taken newest first a round at a time (PostgreSQL: 256, then twice as many), and rounds go
+/// on until the page is full or the candidates run out, also within a time range.
+async fn filtered_rare_terms_take_candidates_until_the_page_fills(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    // The 600 oldest rows hold the term; six of them (n = 7, 107, …, 507) have status 418.
+    let records: Vec<pb::RequestRecord> = (0..ROWS)
+        .map(|n| match n {
+            0..600 => {
+                let mut record = marked(n, "Needle");
+                record.status_code = if n % 100 == 7 { 418 } else { 200 };
+                record
+            }
+            _ => record(ACCOUNT, n),
+        })
+        .collect();
+    // Rows 0..=399 lie before row 400's second (two rows a second), rows 200.. from row 200's.
+    let (before, since) = (records[400].timestamp, records[200].timestamp);
+    record_all(&server, records).await;
+    search::index_pending(&server.db)
+        .await
+        .expect("index the rows");
+    let teapots = pb::LogFilter {
+        search: "needle".into(),
+        status_codes: vec![418],
+        ..Default::default()
+    };
+    let expected: Vec<String> = [507, 407, 307, 207, 107, 7]
+        .iter()
+        .map(|n| format!("q=Needle-{n}"))
+        .collect();
+    for page_size in [1, 4, 100] {
+        assert_eq!(
+            search_filtered(&server, teapots.clone(), page_size).await,
+            expected,
+            "page size {page_size}"
+        );
+    }
+    // 307 and older.
+    let earlier = pb::LogFilter {
+        end_time: before,
+        ..teapots.clone()
+    };
+    assert_eq!(
+        search_filtered(&server, earlier, 2).await,
+        expected[2..].to_vec()
+    );
+    // 507 … 207.
+    let since = pb::LogFilter {
+        start_time: since,
+        ..teapots
+    };
+    assert_eq!(
+        search_filtered(&server, since, 3).await,
+        expected[..4].to_vec()
+    );
+    server.shutdown().await;
+}
+
 /// PostgreSQL: the index holds the account beside the trigrams (btree_gin), and the service's
 /// lookup names it so that the index scan uses it: only the account's candidates are read,
 /// not every account's.
 async fn assert_lookup_narrows_by_account(server: &TestServer) {
-    use sea_orm::sea_query::{PostgresQueryBuilder, Query};
+    use reqlog_service::domain::filter::{LogFilter, LogQuery, SortOrder};
+    use sea_orm::sea_query::PostgresQueryBuilder;
     let account_no = reqlog_service::store::dictionary::account_no(&server.db, ACCOUNT)
         .await
         .expect("lookup")
         .expect("the account has a number");
-    let condition = reqlog_service::store::logs::indexed_ids(
-        sea_orm::DbBackend::Postgres,
-        account_no,
-        "needle",
-    )
-    .expect("condition");
-    let (sql, values) = Query::select()
-        .column(sea_orm::sea_query::Alias::new("id"))
-        .from(sea_orm::sea_query::Alias::new("log_entries"))
-        .and_where(condition)
-        .build(PostgresQueryBuilder);
+    let query = LogQuery::new(ACCOUNT, LogFilter::default(), SortOrder::default()).expect("query");
+    let (sql, values) =
+        reqlog_service::store::logs::postgres_candidates(account_no, &query, "needle", None, 256)
+            .expect("candidates")
+            .build(PostgresQueryBuilder);
     let txn = server.db.begin().await.expect("begin");
     // A small table is cheaper to scan: ask how the index would serve the lookup.
     txn.execute_unprepared("SET LOCAL enable_seqscan = off")

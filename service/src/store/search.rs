@@ -285,8 +285,8 @@ async fn index_pending_postgres(db: &DatabaseConnection) -> Result<u64, StoreErr
             .execute(Statement::from_sql_and_values(
                 backend,
                 format!(
-                    "INSERT INTO log_search (id, account_no, doc) \
-                     SELECT id, account_no, {} FROM log_entries WHERE id > $1 AND id <= $2 \
+                    "INSERT INTO log_search (id, account_no, ts, doc) \
+                     SELECT id, account_no, ts, {} FROM log_entries WHERE id > $1 AND id <= $2 \
                      ON CONFLICT (id) DO NOTHING",
                     doc_sql(backend)
                 ),
