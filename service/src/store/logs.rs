@@ -51,7 +51,7 @@ pub async fn page(
         indexed_search_page(db, account_no, query, term, after, page_size).await?
     } else if backend == DbBackend::Postgres
         && walks_in_time_order(query)
-        && filters_beyond_indexes(&query.filter)
+        && may_sort_without_statistics(&query.filter)
     {
         // A transaction only for this: three more round trips, which the plain pages,
         // whose plan does not depend on the statistics, do not pay.
@@ -92,10 +92,14 @@ pub fn walks_in_time_order(query: &LogQuery) -> bool {
         && query.filter.api_key_ids.len() <= 1
 }
 
-/// Whether the filter has a condition that no index serves (all but the account, one key
-/// and the time range), which is when the planner may misjudge how many rows match.
-fn filters_beyond_indexes(filter: &LogFilter) -> bool {
-    !filter.methods.is_empty()
+/// Whether the filter narrows the account's rows by more than a time range, which is when
+/// the planner, misjudging how few rows match, sorts: with a condition no index serves
+/// (method, status, error code, IP or endpoint prefix), or by one key, whose rows it
+/// bitmap-scanned and sorted too (a 6,667-row key: 11.8 ms against ~0.1 ms). The plain
+/// page and a time range walk `(account_no, ts, id)` either way, in one statement.
+fn may_sort_without_statistics(filter: &LogFilter) -> bool {
+    !filter.api_key_ids.is_empty()
+        || !filter.methods.is_empty()
         || !filter.status_codes.is_empty()
         || !filter.status_classes.is_empty()
         || !filter.error_codes.is_empty()
@@ -750,7 +754,7 @@ mod tests {
     }
 
     #[test]
-    fn only_filtered_pages_in_time_order_without_search_or_several_keys_avoid_sorts() {
+    fn only_narrowed_pages_in_time_order_without_search_or_several_keys_avoid_sorts() {
         let query = |field, filter: LogFilter| {
             let order = SortOrder {
                 field,
@@ -760,7 +764,7 @@ mod tests {
         };
         let avoids_sorts = |field, filter: LogFilter| {
             let query = query(field, filter);
-            walks_in_time_order(&query) && filters_beyond_indexes(&query.filter)
+            walks_in_time_order(&query) && may_sort_without_statistics(&query.filter)
         };
         let statuses = LogFilter {
             status_codes: vec![429],
@@ -773,7 +777,12 @@ mod tests {
             ..LogFilter::default()
         };
         assert!(avoids_sorts(SortField::Timestamp, one_key.clone()));
-        // The plain page and the key or time range alone walk their index anyway.
+        let key_alone = LogFilter {
+            api_key_ids: vec!["k1".into()],
+            ..LogFilter::default()
+        };
+        assert!(avoids_sorts(SortField::Timestamp, key_alone));
+        // The plain page and a time range alone walk their index anyway.
         assert!(!avoids_sorts(SortField::Timestamp, LogFilter::default()));
         let range = LogFilter {
             start_micros: Some(1),
