@@ -793,6 +793,45 @@ async fn the_sqlite_wal_stays_bounded_under_sustained_ingest() {
     server.shutdown().await;
 }
 
+/// SQLite: the writer's per-group lookups (deleted keys, stored request ids) probe the
+/// primary keys once per JSON element; neither table is scanned.
+#[tokio::test]
+async fn sqlite_ingest_lookups_probe_the_primary_keys() {
+    use reqlog_service::store::writer::{SQLITE_DELETED_KEYS_SQL, SQLITE_REQUEST_IDS_SQL};
+    use sea_orm::{ConnectionTrait, Statement};
+    let server = TestServer::start(Backend::Sqlite)
+        .await
+        .expect("SQLite needs no set-up");
+    for (sql, probe, table) in [
+        (SQLITE_DELETED_KEYS_SQL, r#"[["acct","key_1"]]"#, "k"),
+        (
+            SQLITE_REQUEST_IDS_SQL,
+            r#"[[20000,1,"00112233445566778899aabbccddeeff"]]"#,
+            "r",
+        ),
+    ] {
+        let plan = server
+            .db
+            .query_all(Statement::from_sql_and_values(
+                server.db.get_database_backend(),
+                format!("EXPLAIN QUERY PLAN {sql}"),
+                [probe.into()],
+            ))
+            .await
+            .expect("explain")
+            .iter()
+            .map(|row| row.try_get::<String>("", "detail").expect("plan text"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            plan.contains(&format!("SEARCH {table} USING"))
+                && !plan.contains(&format!("SCAN {table}")),
+            "{plan}"
+        );
+    }
+    server.shutdown().await;
+}
+
 /// PostgreSQL: the writer's per-group lookups (deleted keys, stored request ids) stay index
 /// lookups under a generic plan of a table with no statistics yet, the state of a young
 /// database. As plain joins they were planned as a hash of the whole table, built by a
