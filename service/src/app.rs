@@ -267,6 +267,10 @@ impl Application {
             config.sqlite_checkpoint_interval,
             config.sqlite_wal_restart_frames,
         ));
+        let analyzer = tokio::spawn(store::analyze::analyze_forever(
+            db.clone(),
+            store::analyze::CHECK_INTERVAL,
+        ));
         // Copies new rows into the search index off the ingest path, and (SQLite) drops
         // deleted rows' postings once no purge or sweep is running.
         let deletes = store::search::DeletesRunning::default();
@@ -398,6 +402,7 @@ impl Application {
             }
         };
         monitor.abort();
+        analyzer.abort();
         checkpointer_abort.abort();
         search_indexer_abort.abort();
         if let Some(reloader) = reloader {

@@ -893,3 +893,61 @@ async fn postgres_ingest_lookups_probe_the_indexes() {
     txn.rollback().await.expect("rollback");
     server.shutdown().await;
 }
+
+/// PostgreSQL: a table that changed a lot since it was last analyzed is analyzed by reqlog,
+/// so the planner has statistics also where autovacuum is off; then it is left alone.
+#[tokio::test]
+async fn postgres_tables_with_stale_statistics_are_analyzed() {
+    use reqlog_service::store::analyze::analyze_stale_tables;
+    use sea_orm::{ConnectionTrait, Statement};
+    let Some(server) = TestServer::start(Backend::Postgres).await else {
+        return;
+    };
+    // Whatever this server's autovacuum does, this table's statistics are reqlog's to keep.
+    server
+        .db
+        .execute_unprepared("ALTER TABLE log_entries SET (autovacuum_enabled = false)")
+        .await
+        .expect("autovacuum off for the table");
+    let estimated_rows = || async {
+        server
+            .db
+            .query_one(Statement::from_string(
+                server.db.get_database_backend(),
+                "SELECT reltuples::float8 AS n FROM pg_class WHERE relname = 'log_entries'",
+            ))
+            .await
+            .expect("pg_class")
+            .expect("the table")
+            .try_get::<f64>("", "n")
+            .expect("reltuples")
+    };
+    assert_eq!(estimated_rows().await, -1.0, "never analyzed yet");
+    for batch in 0..3 {
+        let records = (0..1000)
+            .map(|n| record("acct_stats", batch * 1000 + n))
+            .collect();
+        server.client.record_batch(records).await.expect("batch");
+    }
+    // The server's backends report their changes to the statistics within seconds (here
+    // ~10 s); the server's own check, once a minute, may get there first.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let analyzed = analyze_stale_tables(&server.db).await.expect("analyze");
+        if analyzed.iter().any(|table| table == "log_entries") || estimated_rows().await >= 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "log_entries never analyzed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert_eq!(estimated_rows().await, 3000.0);
+    let again = analyze_stale_tables(&server.db).await.expect("analyze");
+    assert!(
+        !again.iter().any(|table| table == "log_entries"),
+        "{again:?}"
+    );
+    server.shutdown().await;
+}

@@ -2,6 +2,7 @@
 
 pub mod activity;
 pub mod admin;
+pub mod analyze;
 pub mod dictionary;
 pub mod entity;
 pub mod export;
