@@ -165,9 +165,20 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// The run's scratch directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 async fn run(cli: Cli) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("reqlog-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("scratch dir: {e}"))?;
+    // Removed however the run ends: an error or `--external` left one behind each time.
+    let _scratch = Scratch(dir.clone());
     let ctx = Context {
         backend: cli.backend,
         rows: cli.rows,
@@ -215,7 +226,6 @@ async fn run(cli: Cli) -> Result<(), String> {
         let json = serde_json::to_string_pretty(&figures).map_err(|e| e.to_string())?;
         std::fs::write(&path, json).map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    let _ = std::fs::remove_dir_all(&dir);
     let missed = figures.iter().filter(|f| !f.met).count();
     if missed > 0 && !cli.no_goals {
         eprintln!("{missed} goal(s) missed");
