@@ -19,6 +19,7 @@ backend_tests!(
     concurrent_callers_share_commits,
     usage_statistics_are_kept_with_the_rows,
     ingest_waits_for_another_writer_instead_of_failing,
+    keys_and_request_ids_that_json_escapes_still_match,
 );
 
 fn sha256_hex(text: &str) -> String {
@@ -948,6 +949,50 @@ async fn postgres_tables_with_stale_statistics_are_analyzed() {
     assert!(
         !again.iter().any(|table| table == "log_entries"),
         "{again:?}"
+    );
+    server.shutdown().await;
+}
+
+/// The writer's lookups carry keys and request ids inside JSON: text that JSON escapes
+/// (quotes, backslashes, non-ASCII) must still find its purged key and its stored request id.
+async fn keys_and_request_ids_that_json_escapes_still_match(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let key = r#"key "q" \ é 🔑"#;
+    let sent = pb::RequestRecord {
+        api_key_id: key.into(),
+        request_id: r#"req "q" \ é 🔑 /"#.into(),
+        ..record("acct_json", 1)
+    };
+    let stored = server.client.record(sent.clone()).await.expect("stored");
+    let again = server.client.record(sent.clone()).await.expect("retry");
+    assert!(!stored.duplicate);
+    assert!(again.duplicate, "the retry is found by its request id");
+    assert_eq!(again.id, stored.id);
+
+    let purged = server
+        .client
+        .admin()
+        .purge_for_key(pb::PurgeForKeyRequest {
+            account_id: "acct_json".into(),
+            api_key_id: key.into(),
+        })
+        .await
+        .expect("purge")
+        .into_inner();
+    assert_eq!(purged.deleted_count, 1);
+    let refused = server
+        .client
+        .record(pb::RequestRecord {
+            request_id: String::new(),
+            ..sent
+        })
+        .await
+        .expect_err("the purged key is refused");
+    assert!(
+        matches!(refused, ClientError::FailedPrecondition(_)),
+        "{refused:?}"
     );
     server.shutdown().await;
 }
