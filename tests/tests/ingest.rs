@@ -896,11 +896,12 @@ async fn postgres_ingest_lookups_probe_the_indexes() {
 }
 
 /// PostgreSQL: a table that changed a lot since it was last analyzed is analyzed by reqlog,
-/// so the planner has statistics also where autovacuum is off; then it is left alone.
+/// so the planner has statistics also where autovacuum is off; then it is left alone. A role
+/// that may not analyze a table (neither its owner nor the database's) leaves it alone too.
 #[tokio::test]
 async fn postgres_tables_with_stale_statistics_are_analyzed() {
-    use reqlog_service::store::analyze::analyze_stale_tables;
-    use sea_orm::{ConnectionTrait, Statement};
+    use reqlog_service::store::analyze::{analyze_stale_tables, stale_tables};
+    use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
     let Some(server) = TestServer::start(Backend::Postgres).await else {
         return;
     };
@@ -933,16 +934,54 @@ async fn postgres_tables_with_stale_statistics_are_analyzed() {
     // The server's backends report their changes to the statistics within seconds (here
     // ~10 s); the server's own check, once a minute, may get there first.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    loop {
-        let analyzed = analyze_stale_tables(&server.db).await.expect("analyze");
-        if analyzed.iter().any(|table| table == "log_entries") || estimated_rows().await >= 0.0 {
-            break;
+    let stale = loop {
+        let stale = stale_tables(&server.db).await.expect("stale tables");
+        if stale.iter().any(|table| table == "log_entries") {
+            break true;
+        }
+        if estimated_rows().await >= 0.0 {
+            break false;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "log_entries never analyzed"
+            "log_entries never became stale"
         );
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    if stale {
+        // A role that neither owns the table nor the database: not its table to analyze.
+        let role = format!("reqlog_not_owner_{}", std::process::id());
+        for statement in [
+            format!("DROP ROLE IF EXISTS {role}"),
+            format!("CREATE ROLE {role}"),
+        ] {
+            server
+                .db
+                .execute_unprepared(&statement)
+                .await
+                .expect("role");
+        }
+        let txn = server.db.begin().await.expect("begin");
+        txn.execute_unprepared(&format!("SET LOCAL ROLE {role}"))
+            .await
+            .expect("set role");
+        let theirs = stale_tables(&txn).await.expect("stale tables");
+        txn.rollback().await.expect("rollback");
+        server
+            .db
+            .execute_unprepared(&format!("DROP ROLE {role}"))
+            .await
+            .expect("drop role");
+        assert!(
+            !theirs.iter().any(|table| table == "log_entries"),
+            "{theirs:?}"
+        );
+
+        let analyzed = analyze_stale_tables(&server.db).await.expect("analyze");
+        assert!(
+            analyzed.iter().any(|table| table == "log_entries"),
+            "{analyzed:?}"
+        );
     }
     assert_eq!(estimated_rows().await, 3000.0);
     let again = analyze_stale_tables(&server.db).await.expect("analyze");
