@@ -49,24 +49,23 @@ pub async fn page(
     };
     let mut page = if let Some(term) = indexed_search_term(query) {
         indexed_search_page(db, account_no, query, term, after, page_size).await?
-    } else if backend == DbBackend::Postgres
-        && walks_in_time_order(query)
-        && may_sort_without_statistics(&query.filter)
-    {
-        // A transaction only for this: three more round trips, which the plain pages,
-        // whose plan does not depend on the statistics, do not pay.
-        let txn = db.begin().await?;
-        txn.execute_unprepared("SET LOCAL enable_sort = off")
-            .await?;
-        let rows = page_select(backend, account_no, query, after, page_size)
-            .all(&txn)
-            .await?;
-        txn.commit().await?;
-        finish_page(query, rows, page_size)
     } else {
-        let rows = page_select(backend, account_no, query, after, page_size)
-            .all(db)
-            .await?;
+        let select = page_select(backend, account_no, query, after, page_size);
+        let rows = if backend == DbBackend::Postgres
+            && walks_in_time_order(query)
+            && may_sort_without_statistics(&query.filter)
+        {
+            // A transaction only for this: three more round trips, which the plain pages,
+            // whose plan does not depend on the statistics, do not pay.
+            let txn = db.begin().await?;
+            txn.execute_unprepared("SET LOCAL enable_sort = off")
+                .await?;
+            let rows = select.all(&txn).await?;
+            txn.commit().await?;
+            rows
+        } else {
+            select.all(db).await?
+        };
         finish_page(query, rows, page_size)
     };
     fill_texts(db, &query.account_id, &mut page.rows).await?;
