@@ -28,6 +28,7 @@ use crate::grpc::logs::LogApi;
 use crate::health::{DbMonitor, set_all};
 use crate::lifecycle::Lifecycle;
 use crate::shutdown::Ending;
+use crate::store::sqlite::HeldSqlite;
 use crate::store::writer::{Writer, WriterConfig, WriterStats};
 use crate::store::{self, DbOptions, StoreError};
 
@@ -236,8 +237,14 @@ impl Application {
             tls,
         } = self;
         let available = Arc::new(AtomicBool::new(true));
+        // SQLite: ingest groups run on a connection the writer holds (store::sqlite).
+        let held = match store::sqlite::file(&writer_db).await? {
+            Some(file) => Some(HeldSqlite::open(file).await?),
+            None => None,
+        };
         let (writer, writer_task) = Writer::spawn(
             writer_db.clone(),
+            held,
             WriterConfig {
                 max_group_rows: config.max_group_rows as usize,
                 queue_records: config.ingest_queue_records as usize,

@@ -39,7 +39,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rusqlite::OpenFlags;
-use sea_orm::sea_query::Value;
 use sea_orm::{
     AccessMode, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
     DbErr, EntityTrait, IsolationLevel, QueryFilter, QuerySelect, QueryTrait, Statement,
@@ -145,7 +144,7 @@ impl ExportReader {
     /// returns, rows committed later will not be exported.
     pub async fn open(db: &DatabaseConnection, query: ExportQuery) -> Result<Self, StoreError> {
         let account_id = &query.query.account_id;
-        let (snapshot, account_no) = match sqlite_file(db).await? {
+        let (snapshot, account_no) = match super::sqlite::file(db).await? {
             Some(file) => {
                 let connection = open_own(file).await?;
                 // An account keeps its number once given, so the pool may look it up: a
@@ -225,23 +224,6 @@ impl ExportReader {
         }
         Ok(())
     }
-}
-
-/// The file of an SQLite database as SQLite itself names it (absolute), or `None` for
-/// PostgreSQL and for an SQLite database in memory (SQLite names no file for it).
-async fn sqlite_file(db: &DatabaseConnection) -> Result<Option<PathBuf>, StoreError> {
-    if db.get_database_backend() != DbBackend::Sqlite {
-        return Ok(None);
-    }
-    let file = db
-        .query_one(Statement::from_string(
-            DbBackend::Sqlite,
-            "SELECT file FROM pragma_database_list WHERE name = 'main'",
-        ))
-        .await?
-        .map(|row| row.try_get_by_index::<String>(0))
-        .transpose()?;
-    Ok(file.filter(|file| !file.is_empty()).map(PathBuf::from))
 }
 
 /// Opens a read-only connection to `file` and its snapshot: `BEGIN` is deferred, so the
@@ -325,7 +307,7 @@ async fn read_own(
         .map(|values| values.0)
         .unwrap_or_default()
         .into_iter()
-        .map(sqlite_value)
+        .map(super::sqlite::bind_value)
         .collect::<Result<Vec<_>, _>>()?;
     let sql = page.sql;
     blocking(move || {
@@ -368,34 +350,6 @@ async fn blocking<T: Send + 'static>(
 /// names SQLite's message, never a bound value.
 fn sqlite_error(error: rusqlite::Error) -> StoreError {
     StoreError::Database(DbErr::Custom(format!("export read: {error}")))
-}
-
-/// A bound value of a page's SELECT, as rusqlite binds it. The page's SQL binds integers
-/// (numbers, LIMIT), text and bytes (IP hashes); anything else is refused, not guessed.
-fn sqlite_value(value: Value) -> Result<rusqlite::types::Value, StoreError> {
-    use rusqlite::types::Value as Sql;
-    let integer = |value: Option<i64>| value.map_or(Sql::Null, Sql::Integer);
-    Ok(match value {
-        Value::Bool(value) => integer(value.map(i64::from)),
-        Value::TinyInt(value) => integer(value.map(i64::from)),
-        Value::SmallInt(value) => integer(value.map(i64::from)),
-        Value::Int(value) => integer(value.map(i64::from)),
-        Value::BigInt(value) => integer(value),
-        Value::TinyUnsigned(value) => integer(value.map(i64::from)),
-        Value::SmallUnsigned(value) => integer(value.map(i64::from)),
-        Value::Unsigned(value) => integer(value.map(i64::from)),
-        Value::BigUnsigned(value) => {
-            integer(value.map(|value| i64::try_from(value).unwrap_or(i64::MAX)))
-        }
-        Value::String(value) => value.map_or(Sql::Null, |value| Sql::Text(*value)),
-        Value::Bytes(value) => value.map_or(Sql::Null, |value| Sql::Blob(*value)),
-        // Not the value itself in the message: it may be a searched secret.
-        _ => {
-            return Err(StoreError::Database(DbErr::Custom(
-                "export read: a bound value of a type the export does not bind".into(),
-            )));
-        }
-    })
 }
 
 /// A page as read: at most one row more than [`EXPORT_PAGE_ROWS`], in the query's order.
@@ -632,24 +586,5 @@ mod tests {
             LogQuery::new("a", LogFilter::default(), SortOrder::default()).expect("a valid query");
         let selection = ExportQuery::new(query, &["7".to_owned()]).expect("an export");
         assert!(!prefers_ordered_scan(&selection));
-    }
-
-    #[test]
-    fn bound_values_are_integers_text_or_bytes() {
-        use rusqlite::types::Value as Sql;
-        let bound = |value: Value| sqlite_value(value).expect("bound");
-        assert_eq!(bound(Value::BigUnsigned(Some(1_001))), Sql::Integer(1_001));
-        assert_eq!(bound(Value::Int(Some(-3))), Sql::Integer(-3));
-        assert_eq!(bound(Value::BigInt(None)), Sql::Null);
-        assert_eq!(
-            bound(Value::String(Some(Box::new("x".into())))),
-            Sql::Text("x".into())
-        );
-        assert_eq!(
-            bound(Value::Bytes(Some(Box::new(vec![0xab])))),
-            Sql::Blob(vec![0xab])
-        );
-        let refused = sqlite_value(Value::Double(Some(0.5))).expect_err("no floats");
-        assert!(matches!(refused, StoreError::Database(_)));
     }
 }

@@ -9,6 +9,7 @@ pub mod export;
 pub mod logs;
 pub mod search;
 pub mod settings;
+pub mod sqlite;
 pub mod writer;
 
 use std::path::PathBuf;

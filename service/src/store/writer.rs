@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use sea_orm::sea_query::{Expr, OnConflict, Query};
 use sea_orm::{
@@ -24,6 +25,7 @@ use tokio::task::JoinHandle;
 use super::StoreError;
 use super::dictionary::{Dictionary, Ids};
 use super::entity::{log_entry, request_id, usage_stat};
+use super::sqlite::{HeldSqlite, HeldTxn};
 use crate::domain::ip::to_hex;
 use crate::domain::record::{NewLogEntry, RequestKey};
 use crate::domain::time::{day_of, hour_start_seconds};
@@ -120,8 +122,12 @@ impl Writer {
     /// Starts the writer task. It ends once every `Writer` handle is dropped and the queue is
     /// drained, so awaiting the handle after shutdown means every accepted job was answered.
     /// While `available` is false (the health check failed) jobs fail fast as unavailable.
+    ///
+    /// Ingest groups run on `held` when given (an SQLite file: see [`HeldSqlite`]), else on
+    /// `db`; other jobs ([`Writer::run`]) always get `db`.
     pub fn spawn(
         db: DatabaseConnection,
+        held: Option<HeldSqlite>,
         config: WriterConfig,
         available: Arc<AtomicBool>,
     ) -> (Self, JoinHandle<()>) {
@@ -133,7 +139,8 @@ impl Writer {
         let (jobs, queue) = mpsc::channel(config.queue_jobs);
         let stats = Arc::new(WriterStats::default());
         let room = Arc::new(Semaphore::new(config.queue_records));
-        let task = tokio::spawn(run(db, queue, config, available, Arc::clone(&stats)));
+        let held = held.map(Arc::new);
+        let task = tokio::spawn(run(db, held, queue, config, available, Arc::clone(&stats)));
         (
             Self {
                 jobs,
@@ -208,6 +215,7 @@ impl Writer {
 
 async fn run(
     db: DatabaseConnection,
+    sqlite: Option<Arc<HeldSqlite>>,
     mut queue: mpsc::Receiver<Job>,
     config: WriterConfig,
     available: Arc<AtomicBool>,
@@ -253,8 +261,76 @@ async fn run(
             }
             continue;
         }
-        commit_and_answer(&db, group, &stats, &mut dictionaries).await;
+        match &sqlite {
+            Some(sqlite) => {
+                let taken = std::mem::take(&mut dictionaries);
+                dictionaries =
+                    commit_held(Arc::clone(sqlite), group, Arc::clone(&stats), taken).await;
+            }
+            None => commit_and_answer(&db, group, &stats, &mut dictionaries).await,
+        }
     }
+}
+
+/// Where the writer runs a group's transaction: a pooled connection (PostgreSQL), or the
+/// SQLite connection it holds.
+trait GroupConnection: Sync {
+    type Txn: ConnectionTrait;
+
+    /// Begins a transaction that holds the write lock (SQLite) from its first statement.
+    async fn begin_write(&self) -> Result<Self::Txn, StoreError>;
+
+    /// Commits; it returns once the commit is durable.
+    async fn commit(txn: Self::Txn) -> Result<(), StoreError>;
+}
+
+impl GroupConnection for DatabaseConnection {
+    type Txn = DatabaseTransaction;
+
+    async fn begin_write(&self) -> Result<DatabaseTransaction, StoreError> {
+        super::begin_write(self).await
+    }
+
+    async fn commit(txn: DatabaseTransaction) -> Result<(), StoreError> {
+        Ok(txn.commit().await?)
+    }
+}
+
+impl GroupConnection for Arc<HeldSqlite> {
+    type Txn = HeldTxn;
+
+    async fn begin_write(&self) -> Result<HeldTxn, StoreError> {
+        HeldSqlite::begin(self)
+    }
+
+    async fn commit(txn: HeldTxn) -> Result<(), StoreError> {
+        txn.commit()
+    }
+}
+
+/// Commits a group on the held SQLite connection and answers its callers, all in one call
+/// on a blocking thread: no statement waits for a hop to another thread. Returns the
+/// dictionaries' caches, which the call borrowed.
+async fn commit_held(
+    held: Arc<HeldSqlite>,
+    group: Vec<IngestJob>,
+    stats: Arc<WriterStats>,
+    mut dictionaries: Dictionaries,
+) -> Dictionaries {
+    let work = tokio::task::spawn_blocking(move || {
+        // Every statement runs on this thread as it is polled, so the group's future is
+        // ready at its first poll; were it not, its callers would hear that the writer
+        // stopped (their replies dropped with it) rather than wait forever.
+        let done = commit_and_answer(&held, group, &stats, &mut dictionaries).now_or_never();
+        if done.is_none() {
+            tracing::error!("an ingest group on the writer's SQLite connection did not complete");
+        }
+        dictionaries
+    });
+    work.await.unwrap_or_else(|error| {
+        tracing::error!(%error, "an ingest group's thread failed");
+        Dictionaries::default()
+    })
 }
 
 /// The writer's caches of the dictionaries' committed values.
@@ -274,7 +350,7 @@ impl Default for Dictionaries {
 }
 
 async fn commit_and_answer(
-    db: &DatabaseConnection,
+    db: &impl GroupConnection,
     group: Vec<IngestJob>,
     stats: &WriterStats,
     dictionaries: &mut Dictionaries,
@@ -397,12 +473,12 @@ enum Decision {
 }
 
 /// One transaction for a whole group: deleted-key check, idempotency, ids, rows, statistics.
-async fn commit_group(
-    db: &DatabaseConnection,
+async fn commit_group<C: GroupConnection>(
+    db: &C,
     entries: &[&NewLogEntry],
     dictionaries: &mut Dictionaries,
 ) -> Result<Vec<IngestOutcome>, StoreError> {
-    let txn = super::begin_write(db).await?;
+    let txn = db.begin_write().await?;
     let backend = txn.get_database_backend();
 
     // Ordered against a purge's mark on every replica (PostgreSQL; a no-op on SQLite).
@@ -480,7 +556,7 @@ async fn commit_group(
     let agent_id = |agent: &str| dictionaries.agents.id(&group_agents, agent);
     insert_rows(&txn, entries, &assigned, &account_nos, agent_id).await?;
     upsert_usage(&txn, backend, entries, &assigned, &account_nos).await?;
-    txn.commit().await?;
+    C::commit(txn).await?;
     dictionaries.accounts.committed(group_accounts);
     dictionaries.agents.committed(group_agents);
 
@@ -519,7 +595,7 @@ fn within_a_day<T: Copy>(days: &[(i64, T)], day: i64) -> Option<T> {
 }
 
 async fn deleted_keys<'a>(
-    txn: &DatabaseTransaction,
+    txn: &impl ConnectionTrait,
     entries: &[&'a NewLogEntry],
 ) -> Result<HashSet<(&'a str, &'a str)>, StoreError> {
     let keys: HashSet<(&str, &str)> = entries
@@ -541,7 +617,7 @@ async fn deleted_keys<'a>(
 /// Runs a lookup (PostgreSQL's text, SQLite's) whose one parameter is its probes as a
 /// JSON array.
 async fn lookup<T: serde::Serialize>(
-    txn: &DatabaseTransaction,
+    txn: &impl ConnectionTrait,
     [postgres, sqlite]: [&str; 2],
     probes: &[T],
 ) -> Result<Vec<QueryResult>, StoreError> {
@@ -570,7 +646,7 @@ fn probe_at<T>(probes: &[T], position: i64) -> Option<&T> {
 
 /// Stored request ids of the group's keys, on each record's day and both neighbours.
 async fn existing_request_ids<'a>(
-    txn: &DatabaseTransaction,
+    txn: &impl ConnectionTrait,
     entries: &[&'a NewLogEntry],
     account_nos: &[i64],
 ) -> Result<HashMap<(&'a str, RequestKey), Vec<(i64, i64)>>, StoreError> {
@@ -612,7 +688,7 @@ async fn existing_request_ids<'a>(
 
 /// Reserves `count` fresh log ids, in increasing order.
 async fn reserve_ids(
-    txn: &DatabaseTransaction,
+    txn: &impl ConnectionTrait,
     backend: DbBackend,
     count: usize,
 ) -> Result<Vec<i64>, StoreError> {
@@ -664,7 +740,7 @@ async fn reserve_ids(
 /// Inserts the request ids of the records to store; returns those another writer claimed
 /// first (index, the other writer's log id). Only replicas racing on PostgreSQL lose claims.
 async fn claim_request_ids(
-    txn: &DatabaseTransaction,
+    txn: &impl ConnectionTrait,
     entries: &[&NewLogEntry],
     assigned: &HashMap<usize, i64>,
     account_nos: &[i64],
@@ -751,7 +827,7 @@ async fn claim_request_ids(
 }
 
 async fn insert_rows(
-    txn: &DatabaseTransaction,
+    txn: &impl ConnectionTrait,
     entries: &[&NewLogEntry],
     assigned: &HashMap<usize, i64>,
     account_nos: &[i64],
@@ -819,7 +895,7 @@ struct UsageDelta {
 
 /// Adds the stored rows to the hourly counters, in the same transaction as the rows.
 async fn upsert_usage(
-    txn: &DatabaseTransaction,
+    txn: &impl ConnectionTrait,
     backend: DbBackend,
     entries: &[&NewLogEntry],
     assigned: &HashMap<usize, i64>,
