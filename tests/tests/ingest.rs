@@ -794,40 +794,36 @@ async fn the_sqlite_wal_stays_bounded_under_sustained_ingest() {
     server.shutdown().await;
 }
 
-/// SQLite: the writer's per-group lookups (deleted keys, stored request ids) probe the
+/// SQLite: the writer's per-group lookup (deleted keys, stored request ids) probes the
 /// primary keys once per JSON element; neither table is scanned.
 #[tokio::test]
 async fn sqlite_ingest_lookups_probe_the_primary_keys() {
-    use reqlog_service::store::writer::{SQLITE_DELETED_KEYS_SQL, SQLITE_REQUEST_IDS_SQL};
+    use reqlog_service::store::writer::SQLITE_GROUP_LOOKUP_SQL;
     use sea_orm::{ConnectionTrait, Statement};
     let server = TestServer::start(Backend::Sqlite)
         .await
         .expect("SQLite needs no set-up");
-    for (sql, probe, table) in [
-        (SQLITE_DELETED_KEYS_SQL, r#"[["acct","key_1"]]"#, "k"),
-        (
-            SQLITE_REQUEST_IDS_SQL,
-            r#"[[20000,1,"00112233445566778899aabbccddeeff"]]"#,
-            "r",
-        ),
-    ] {
-        let plan = server
-            .db
-            .query_all(Statement::from_sql_and_values(
-                server.db.get_database_backend(),
-                format!("EXPLAIN QUERY PLAN {sql}"),
-                [probe.into()],
-            ))
-            .await
-            .expect("explain")
-            .iter()
-            .map(|row| row.try_get::<String>("", "detail").expect("plan text"))
-            .collect::<Vec<_>>()
-            .join("\n");
+    let plan = server
+        .db
+        .query_all(Statement::from_sql_and_values(
+            server.db.get_database_backend(),
+            format!("EXPLAIN QUERY PLAN {SQLITE_GROUP_LOOKUP_SQL}"),
+            [
+                r#"[["acct","key_1"]]"#.into(),
+                r#"[[20000,1,"00112233445566778899aabbccddeeff"]]"#.into(),
+            ],
+        ))
+        .await
+        .expect("explain")
+        .iter()
+        .map(|row| row.try_get::<String>("", "detail").expect("plan text"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for table in ["k", "r"] {
         assert!(
             plan.contains(&format!("SEARCH {table} USING"))
                 && !plan.contains(&format!("SCAN {table}")),
-            "{plan}"
+            "{table}: {plan}"
         );
     }
     server.shutdown().await;
@@ -839,7 +835,7 @@ async fn sqlite_ingest_lookups_probe_the_primary_keys() {
 /// sequential scan once per group.
 #[tokio::test]
 async fn postgres_ingest_lookups_probe_the_indexes() {
-    use reqlog_service::store::writer::{DELETED_KEYS_SQL, REQUEST_IDS_SQL};
+    use reqlog_service::store::writer::GROUP_LOOKUP_SQL;
     use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
     let Some(server) = TestServer::start(Backend::Postgres).await else {
         return;
@@ -858,37 +854,33 @@ async fn postgres_ingest_lookups_probe_the_indexes() {
     txn.execute_unprepared("SET LOCAL plan_cache_mode = force_generic_plan")
         .await
         .expect("set");
-    for (name, sql, probe, table) in [
-        (
-            "deleted_keys",
-            DELETED_KEYS_SQL,
-            r#"[["acct_plan","key_1"]]"#,
-            "api_keys",
-        ),
-        (
-            "request_ids",
-            REQUEST_IDS_SQL,
-            r#"[[20000,"acct_plan","00112233445566778899aabbccddeeff"]]"#,
-            "request_ids",
-        ),
-    ] {
-        txn.execute_unprepared(&format!("PREPARE {name}(json) AS {sql}"))
-            .await
-            .expect("prepare");
-        let plan = txn
-            .query_all(Statement::from_string(
-                txn.get_database_backend(),
-                format!("EXPLAIN EXECUTE {name}('{probe}')"),
-            ))
-            .await
-            .expect("explain")
-            .iter()
-            .map(|row| row.try_get::<String>("", "QUERY PLAN").expect("plan text"))
-            .collect::<Vec<_>>()
-            .join("\n");
+    txn.execute_unprepared(&format!(
+        "PREPARE group_lookup(json, json, bigint) AS {GROUP_LOOKUP_SQL}"
+    ))
+    .await
+    .expect("prepare");
+    let probes =
+        r#"'[["acct_plan","key_1"]]', '[[20000,1,"00112233445566778899aabbccddeeff"]]', 1"#;
+    let plan = txn
+        .query_all(Statement::from_string(
+            txn.get_database_backend(),
+            format!("EXPLAIN EXECUTE group_lookup({probes})"),
+        ))
+        .await
+        .expect("explain")
+        .iter()
+        .map(|row| row.try_get::<String>("", "QUERY PLAN").expect("plan text"))
+        .collect::<Vec<_>>();
+    for table in ["api_keys", "request_ids"] {
+        let on_table = format!(" on {table}");
         assert!(
-            !plan.contains(&format!("Seq Scan on {table}")) && plan.contains("Index"),
-            "{name}: {plan}"
+            plan.iter()
+                .any(|line| line.contains("Index") && line.contains(&on_table))
+                && !plan
+                    .iter()
+                    .any(|line| line.contains("Seq Scan") && line.contains(&on_table)),
+            "{table}: {}",
+            plan.join("\n")
         );
     }
     txn.rollback().await.expect("rollback");
