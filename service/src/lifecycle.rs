@@ -24,7 +24,7 @@ use crate::store::StoreError;
 use crate::store::activity::{self, NewActivity};
 use crate::store::admin::{self, AgeCount, SWEEP_LOCK_ID};
 use crate::store::search::DeletesRunning;
-use crate::store::writer::Writer;
+use crate::store::writer::{Writer, WriterDb};
 
 /// Accounts one sweep transaction visits at most: each costs a statement even when it has
 /// nothing to delete.
@@ -155,19 +155,19 @@ impl Lifecycle {
         self.delete_key_rows(account_id, api_key_id).await
     }
 
-    /// Runs one delete batch. On SQLite it is a job of the writer (one writer at a time), and
-    /// ingest waits for it. On PostgreSQL it runs on the pool beside ingest: a batch deletes
+    /// Runs one delete batch. On SQLite it is a job of the writer (one writer at a time), on
+    /// the connection the writer holds, and ingest waits for it. On PostgreSQL it runs on the pool beside ingest: a batch deletes
     /// rows no ingest transaction writes, so neither waits for the other (W5 at 300k rows:
     /// ingest p99 during the sweep 25.6–42.7 ms as writer jobs, 9.8–12.6 ms beside it).
     async fn deleting<T, F, Fut>(&self, delete: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(DatabaseConnection) -> Fut + Send + 'static,
+        F: FnOnce(WriterDb) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
         match self.db.get_database_backend() {
-            DbBackend::Postgres => delete(self.db.clone()).await,
-            _ => self.writer.run(delete).await,
+            DbBackend::Postgres => delete(WriterDb::Pool(self.db.clone())).await,
+            _ => self.writer.write(delete).await,
         }
     }
 

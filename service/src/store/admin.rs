@@ -5,13 +5,14 @@ use std::collections::HashMap;
 
 use sea_orm::sea_query::{Alias, Expr, OnConflict, Order, Query};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
-    DbBackend, EntityTrait, QueryFilter, QuerySelect, Statement, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
+    QuerySelect, Statement, TransactionTrait,
 };
 
 use super::StoreError;
 use super::dictionary::account_no;
 use super::entity::{account, api_key, log_entry, usage_stat};
+use super::writer::WriterDb;
 use crate::domain::lifecycle::{Dimension, Granularity, Plan, Retention, UsageQuery};
 use crate::domain::time::day_of;
 
@@ -110,12 +111,13 @@ pub async fn mark_key_deleted(
 
 /// Deletes up to `limit` rows of a key, in one transaction; returns how many.
 pub async fn delete_key_rows(
-    db: &DatabaseConnection,
+    db: &WriterDb,
     account_id: &str,
     api_key_id: &str,
     limit: u64,
 ) -> Result<u64, StoreError> {
-    let Some(account_no) = account_no(db, account_id).await? else {
+    let txn = db.begin_write().await?;
+    let Some(account_no) = account_no(&txn, account_id).await? else {
         return Ok(0);
     };
     let mut batch = Query::select();
@@ -124,7 +126,6 @@ pub async fn delete_key_rows(
         .and_where(log_entry::Column::AccountNo.eq(account_no))
         .and_where(log_entry::Column::ApiKeyId.eq(api_key_id))
         .limit(limit);
-    let txn = super::begin_write(db).await?;
     let deleted = delete_batch(&txn, batch).await?;
     txn.commit().await?;
     Ok(deleted)
@@ -158,13 +159,13 @@ pub struct SweepProgress {
 /// the same commit, the 1M-row sweep of 1,000 accounts went 42.6 → 19.1 s). Returns the
 /// progress of each account it reached, in order.
 pub async fn sweep_step(
-    db: &DatabaseConnection,
+    db: &WriterDb,
     items: &[SweepItem],
     limit: u64,
     budget: std::time::Duration,
 ) -> Result<Vec<SweepProgress>, StoreError> {
     let started = std::time::Instant::now();
-    let txn = super::begin_write(db).await?;
+    let txn = db.begin_write().await?;
     let mut progress = Vec::new();
     let mut left = limit;
     for item in items {
@@ -206,7 +207,7 @@ pub async fn sweep_step(
 /// clustered on it, queueing the indexed rows' postings for the indexer to drop; by `id` on
 /// PostgreSQL, with their `log_search` rows.
 async fn delete_batch(
-    txn: &DatabaseTransaction,
+    txn: &impl ConnectionTrait,
     mut batch: sea_orm::sea_query::SelectStatement,
 ) -> Result<u64, StoreError> {
     use log_entry::Column as C;
@@ -674,7 +675,9 @@ mod tests {
         let budget = std::time::Duration::from_secs(60);
         let mut steps = Vec::new();
         for _ in 0..3 {
-            let progress = sweep_step(&db, &items, 7, budget).await.unwrap();
+            let progress = sweep_step(&WriterDb::Pool(db.clone()), &items, 7, budget)
+                .await
+                .unwrap();
             steps.push((
                 progress,
                 count(&db, "log_entries").await,

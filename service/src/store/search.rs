@@ -33,7 +33,7 @@ use sea_orm::{
 
 use super::StoreError;
 use super::entity::setting;
-use super::writer::Writer;
+use super::writer::{Writer, WriterDb};
 
 /// The advisory lock ingest transactions share and the indexer takes alone.
 pub const INGEST_BARRIER_LOCK: i64 = 0x7265_716c_6f67_2000;
@@ -126,7 +126,7 @@ pub async fn index_pending(db: &DatabaseConnection) -> Result<u64, StoreError> {
 async fn index_pending_sqlite(db: &DatabaseConnection) -> Result<u64, StoreError> {
     let mut copied = 0;
     loop {
-        let chunk = index_chunk_sqlite(db, true).await?;
+        let chunk = index_chunk_sqlite(&WriterDb::Pool(db.clone()), true).await?;
         copied += chunk.inserted;
         if !chunk.more {
             return Ok(copied);
@@ -151,12 +151,9 @@ struct Chunk {
 
 /// Copies the next chunk of unindexed rows and (when `drop_removed`) drops the next chunk of
 /// queued removals in one write transaction.
-async fn index_chunk_sqlite(
-    db: &DatabaseConnection,
-    drop_removed: bool,
-) -> Result<Chunk, StoreError> {
+async fn index_chunk_sqlite(db: &WriterDb, drop_removed: bool) -> Result<Chunk, StoreError> {
     let backend = DbBackend::Sqlite;
-    let txn = super::begin_write(db).await?;
+    let txn = db.begin_write().await?;
     let from = watermark(&txn).await?;
     let last = txn
         .query_one(Statement::from_string(
@@ -353,7 +350,8 @@ impl Drop for DeletesRunningGuard {
 }
 
 /// Indexes every `interval` until the task is dropped. On SQLite each chunk runs as a job of
-/// the writer, between ingest groups: on a connection of its own the indexer would wait for
+/// the writer, between ingest groups and on their connection ([`Writer::write`]): on a
+/// connection of its own the indexer would wait for
 /// the write lock, which the writer takes again right after each commit, and fall ever
 /// further behind under sustained ingest. Queued removals wait while `deletes` are running.
 pub async fn index_forever(
@@ -389,7 +387,7 @@ async fn index_through_writer(
     loop {
         let drop_removed = !deletes.any();
         let chunk = writer
-            .run(move |db| async move { index_chunk_sqlite(&db, drop_removed).await })
+            .write(move |db| async move { index_chunk_sqlite(&db, drop_removed).await })
             .await?;
         copied += chunk.inserted;
         if !chunk.more {
@@ -462,10 +460,15 @@ mod tests {
     #[tokio::test]
     async fn a_sqlite_chunk_says_whether_work_is_left() {
         let (_dir, db) = crate::store::test_database().await;
-        let chunk = |db: &DatabaseConnection| {
-            let db = db.clone();
+        // On the connection the writer holds, as the server runs it.
+        let file = crate::store::sqlite::file(&db).await.unwrap().unwrap();
+        let held = WriterDb::Held(Arc::new(
+            crate::store::sqlite::HeldSqlite::open(file).await.unwrap(),
+        ));
+        let chunk = |_: &DatabaseConnection| {
+            let held = held.clone();
             async move {
-                let chunk = index_chunk_sqlite(&db, true).await.unwrap();
+                let chunk = index_chunk_sqlite(&held, true).await.unwrap();
                 (chunk.inserted, chunk.more)
             }
         };
@@ -490,9 +493,14 @@ mod tests {
         assert_eq!(chunk(&db).await, (100, false));
         assert_eq!(watermark(&db).await.unwrap(), 600);
         // A full chunk of removals may have left some; one that drops fewer has not.
-        crate::store::admin::delete_key_rows(&db, "a", "k", 600)
-            .await
-            .unwrap();
+        crate::store::admin::delete_key_rows(
+            &crate::store::writer::WriterDb::Pool(db.clone()),
+            "a",
+            "k",
+            600,
+        )
+        .await
+        .unwrap();
         assert_eq!(queued_removals(&db).await, 600);
         assert_eq!(chunk(&db).await, (0, true));
         assert_eq!(queued_removals(&db).await, 100);
@@ -547,9 +555,14 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(
-            crate::store::admin::delete_key_rows(&db, "a", "gone", 100)
-                .await
-                .unwrap(),
+            crate::store::admin::delete_key_rows(
+                &crate::store::writer::WriterDb::Pool(db.clone()),
+                "a",
+                "gone",
+                100
+            )
+            .await
+            .unwrap(),
             1
         );
         // The delete only queued the row: its posting stays until the indexer's next chunk.
@@ -557,7 +570,9 @@ mod tests {
         assert_eq!(queued_removals(&db).await, 1);
         // While a purge or sweep runs, the background indexer's chunks leave the queue alone.
         assert_eq!(
-            index_chunk_sqlite(&db, false).await.unwrap(),
+            index_chunk_sqlite(&WriterDb::Pool(db.clone()), false)
+                .await
+                .unwrap(),
             Chunk {
                 inserted: 0,
                 more: false

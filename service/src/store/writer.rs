@@ -85,9 +85,13 @@ impl Default for WriterConfig {
 /// between groups, in queue order, so it is ordered against every ingest around it.
 type Task = Box<dyn FnOnce(DatabaseConnection) -> BoxFuture<'static, ()> + Send>;
 
+/// A write that runs only statements, on the connection ingest groups use ([`Writer::write`]).
+type Write = Box<dyn FnOnce(WriterDb) -> BoxFuture<'static, ()> + Send>;
+
 enum Job {
     Ingest(IngestJob),
     Task(Task),
+    Write(Write),
 }
 
 struct IngestJob {
@@ -113,6 +117,7 @@ impl std::fmt::Debug for Job {
                 .field("entries", &job.entries.len())
                 .finish(),
             Self::Task(_) => f.write_str("Task"),
+            Self::Write(_) => f.write_str("Write"),
         }
     }
 }
@@ -138,8 +143,18 @@ impl Writer {
         let (jobs, queue) = mpsc::channel(config.queue_jobs);
         let stats = Arc::new(WriterStats::default());
         let room = Arc::new(Semaphore::new(config.queue_records));
-        let held = held.map(Arc::new);
-        let task = tokio::spawn(run(db, held, queue, config, available, Arc::clone(&stats)));
+        let groups = match held {
+            Some(held) => WriterDb::Held(Arc::new(held)),
+            None => WriterDb::Pool(db.clone()),
+        };
+        let task = tokio::spawn(run(
+            db,
+            groups,
+            queue,
+            config,
+            available,
+            Arc::clone(&stats),
+        ));
         (
             Self {
                 jobs,
@@ -186,21 +201,54 @@ impl Writer {
     }
 
     /// Runs one write (its own transaction, or none) on the writer, ordered with ingest:
-    /// every record acknowledged before it was committed before it runs.
+    /// every record acknowledged before it was committed before it runs. It gets the
+    /// writer's pooled connection.
     pub async fn run<T, F, Fut>(&self, write: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(DatabaseConnection) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
+        self.submit(|reply| {
+            Job::Task(Box::new(move |db| {
+                Box::pin(async move {
+                    let _ = reply.send(write(db).await);
+                })
+            }))
+        })
+        .await
+    }
+
+    /// Runs one write transaction on the writer, ordered with ingest as [`Writer::run`], on
+    /// the connection ingest groups use: on SQLite the one the writer holds (no pool
+    /// checkout, no hop per statement, and no page cache dropped between the two), where
+    /// the write runs on a blocking thread and must do nothing but run statements on it
+    /// (its future must be ready when first polled; one that is not fails as if the writer
+    /// had stopped).
+    pub async fn write<T, F, Fut>(&self, write: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(WriterDb) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        self.submit(|reply| {
+            Job::Write(Box::new(move |db| {
+                Box::pin(async move {
+                    let _ = reply.send(write(db).await);
+                })
+            }))
+        })
+        .await
+    }
+
+    /// Queues the job `job` makes of the reply's sender, and waits for the reply.
+    async fn submit<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let task: Task = Box::new(move |db| {
-            Box::pin(async move {
-                let _ = reply.send(write(db).await);
-            })
-        });
         self.jobs
-            .send(Job::Task(task))
+            .send(job(reply))
             .await
             .map_err(|_| StoreError::WriterStopped)?;
         answer.await.map_err(|_| StoreError::WriterStopped)?
@@ -214,7 +262,7 @@ impl Writer {
 
 async fn run(
     db: DatabaseConnection,
-    sqlite: Option<Arc<HeldSqlite>>,
+    groups: WriterDb,
     mut queue: mpsc::Receiver<Job>,
     config: WriterConfig,
     available: Arc<AtomicBool>,
@@ -234,6 +282,10 @@ async fn run(
         let first = match first {
             Job::Task(task) => {
                 task(db.clone()).await;
+                continue;
+            }
+            Job::Write(write) => {
+                run_write(&groups, write).await;
                 continue;
             }
             Job::Ingest(job) => job,
@@ -260,50 +312,119 @@ async fn run(
             }
             continue;
         }
-        match &sqlite {
-            Some(sqlite) => {
+        match &groups {
+            WriterDb::Held(_) => {
                 let taken = std::mem::take(&mut dictionaries);
-                dictionaries =
-                    commit_held(Arc::clone(sqlite), group, Arc::clone(&stats), taken).await;
+                dictionaries = commit_held(groups.clone(), group, Arc::clone(&stats), taken).await;
             }
-            None => commit_and_answer(&db, group, &stats, &mut dictionaries).await,
+            WriterDb::Pool(_) => commit_and_answer(&groups, group, &stats, &mut dictionaries).await,
         }
     }
 }
 
-/// Where the writer runs a group's transaction: a pooled connection (PostgreSQL), or the
-/// SQLite connection it holds.
-trait GroupConnection: Sync {
-    type Txn: ConnectionTrait;
+/// The connection the writer runs ingest groups and [`Writer::write`]s on: the writer's pooled
+/// connection (PostgreSQL), or the SQLite connection it holds.
+#[derive(Debug, Clone)]
+pub enum WriterDb {
+    /// A pooled connection; also what PostgreSQL's purges and sweeps run on beside the writer.
+    Pool(DatabaseConnection),
+    /// The SQLite connection the writer holds (see [`HeldSqlite`]).
+    Held(Arc<HeldSqlite>),
+}
 
-    /// Begins a transaction that holds the write lock (SQLite) from its first statement.
-    async fn begin_write(&self) -> Result<Self::Txn, StoreError>;
+impl WriterDb {
+    /// Begins a transaction that holds SQLite's write lock from its first statement (see
+    /// `store::begin_write`).
+    pub async fn begin_write(&self) -> Result<WriterTxn, StoreError> {
+        Ok(match self {
+            Self::Pool(db) => WriterTxn::Pool(super::begin_write(db).await?),
+            Self::Held(held) => WriterTxn::Held(held.begin()?),
+        })
+    }
 
+    /// The backend.
+    pub fn backend(&self) -> DbBackend {
+        match self {
+            Self::Pool(db) => db.get_database_backend(),
+            Self::Held(_) => DbBackend::Sqlite,
+        }
+    }
+}
+
+/// A write transaction of a [`WriterDb`]; dropped without [`WriterTxn::commit`], it rolls
+/// back.
+#[derive(Debug)]
+pub enum WriterTxn {
+    /// On a pooled connection.
+    Pool(DatabaseTransaction),
+    /// On the SQLite connection the writer holds.
+    Held(HeldTxn),
+}
+
+impl WriterTxn {
     /// Commits; it returns once the commit is durable.
-    async fn commit(txn: Self::Txn) -> Result<(), StoreError>;
-}
-
-impl GroupConnection for DatabaseConnection {
-    type Txn = DatabaseTransaction;
-
-    async fn begin_write(&self) -> Result<DatabaseTransaction, StoreError> {
-        super::begin_write(self).await
-    }
-
-    async fn commit(txn: DatabaseTransaction) -> Result<(), StoreError> {
-        Ok(txn.commit().await?)
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Self::Pool(txn) => Ok(txn.commit().await?),
+            Self::Held(txn) => txn.commit(),
+        }
     }
 }
 
-impl GroupConnection for Arc<HeldSqlite> {
-    type Txn = HeldTxn;
-
-    async fn begin_write(&self) -> Result<HeldTxn, StoreError> {
-        HeldSqlite::begin(self)
+#[async_trait::async_trait]
+impl ConnectionTrait for WriterTxn {
+    fn get_database_backend(&self) -> DbBackend {
+        match self {
+            Self::Pool(txn) => txn.get_database_backend(),
+            Self::Held(txn) => txn.get_database_backend(),
+        }
     }
 
-    async fn commit(txn: HeldTxn) -> Result<(), StoreError> {
-        txn.commit()
+    async fn execute(&self, stmt: Statement) -> Result<sea_orm::ExecResult, DbErr> {
+        match self {
+            Self::Pool(txn) => txn.execute(stmt).await,
+            Self::Held(txn) => txn.execute(stmt).await,
+        }
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<sea_orm::ExecResult, DbErr> {
+        match self {
+            Self::Pool(txn) => txn.execute_unprepared(sql).await,
+            Self::Held(txn) => txn.execute_unprepared(sql).await,
+        }
+    }
+
+    async fn query_one(&self, stmt: Statement) -> Result<Option<sea_orm::QueryResult>, DbErr> {
+        match self {
+            Self::Pool(txn) => txn.query_one(stmt).await,
+            Self::Held(txn) => txn.query_one(stmt).await,
+        }
+    }
+
+    async fn query_all(&self, stmt: Statement) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
+        match self {
+            Self::Pool(txn) => txn.query_all(stmt).await,
+            Self::Held(txn) => txn.query_all(stmt).await,
+        }
+    }
+}
+
+/// Runs a [`Writer::write`]: on the pool, as any task; on the held SQLite connection, on a
+/// blocking thread, where its statements run as they are polled.
+async fn run_write(db: &WriterDb, write: Write) {
+    match db {
+        WriterDb::Pool(_) => write(db.clone()).await,
+        WriterDb::Held(_) => {
+            let db = db.clone();
+            let work = tokio::task::spawn_blocking(move || {
+                if write(db).now_or_never().is_none() {
+                    tracing::error!("a write on the writer's SQLite connection did not complete");
+                }
+            });
+            if let Err(error) = work.await {
+                tracing::error!(%error, "a write's thread failed");
+            }
+        }
     }
 }
 
@@ -311,7 +432,7 @@ impl GroupConnection for Arc<HeldSqlite> {
 /// on a blocking thread: no statement waits for a hop to another thread. Returns the
 /// dictionaries' caches, which the call borrowed.
 async fn commit_held(
-    held: Arc<HeldSqlite>,
+    held: WriterDb,
     group: Vec<IngestJob>,
     stats: Arc<WriterStats>,
     mut dictionaries: Dictionaries,
@@ -349,7 +470,7 @@ impl Default for Dictionaries {
 }
 
 async fn commit_and_answer(
-    db: &impl GroupConnection,
+    db: &WriterDb,
     group: Vec<IngestJob>,
     stats: &WriterStats,
     dictionaries: &mut Dictionaries,
@@ -477,8 +598,8 @@ enum Decision {
 }
 
 /// One transaction for a whole group: deleted-key check, idempotency, ids, rows, statistics.
-async fn commit_group<C: GroupConnection>(
-    db: &C,
+async fn commit_group(
+    db: &WriterDb,
     entries: &[&NewLogEntry],
     dictionaries: &mut Dictionaries,
 ) -> Result<Vec<IngestOutcome>, StoreError> {
@@ -564,7 +685,7 @@ async fn commit_group<C: GroupConnection>(
     let agent_id = |agent: &str| dictionaries.agents.id(&group_agents, agent);
     insert_rows(&txn, entries, &assigned, &account_nos, agent_id).await?;
     upsert_usage(&txn, backend, entries, &assigned, &account_nos).await?;
-    C::commit(txn).await?;
+    txn.commit().await?;
     dictionaries.accounts.committed(group_accounts);
     dictionaries.agents.committed(group_agents);
 
