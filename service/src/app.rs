@@ -237,7 +237,8 @@ impl Application {
             tls,
         } = self;
         let available = Arc::new(AtomicBool::new(true));
-        // SQLite: ingest groups run on a connection the writer holds (store::sqlite).
+        // SQLite: ingest groups, purge and sweep steps and the indexer's chunks run on a
+        // connection the writer holds (store::sqlite).
         let held = match store::sqlite::file(&writer_db).await? {
             Some(file) => Some(HeldSqlite::open(file).await?),
             None => None,

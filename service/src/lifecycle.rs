@@ -156,7 +156,8 @@ impl Lifecycle {
     }
 
     /// Runs one delete batch. On SQLite it is a job of the writer (one writer at a time), on
-    /// the connection the writer holds, and ingest waits for it. On PostgreSQL it runs on the pool beside ingest: a batch deletes
+    /// the connection the writer holds, and ingest waits for it. On PostgreSQL it runs on
+    /// the pool beside ingest: a batch deletes
     /// rows no ingest transaction writes, so neither waits for the other (W5 at 300k rows:
     /// ingest p99 during the sweep 25.6–42.7 ms as writer jobs, 9.8–12.6 ms beside it).
     async fn deleting<T, F, Fut>(&self, delete: F) -> Result<T, StoreError>

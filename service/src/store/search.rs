@@ -493,14 +493,9 @@ mod tests {
         assert_eq!(chunk(&db).await, (100, false));
         assert_eq!(watermark(&db).await.unwrap(), 600);
         // A full chunk of removals may have left some; one that drops fewer has not.
-        crate::store::admin::delete_key_rows(
-            &crate::store::writer::WriterDb::Pool(db.clone()),
-            "a",
-            "k",
-            600,
-        )
-        .await
-        .unwrap();
+        crate::store::admin::delete_key_rows(&WriterDb::Pool(db.clone()), "a", "k", 600)
+            .await
+            .unwrap();
         assert_eq!(queued_removals(&db).await, 600);
         assert_eq!(chunk(&db).await, (0, true));
         assert_eq!(queued_removals(&db).await, 100);
@@ -555,14 +550,9 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(
-            crate::store::admin::delete_key_rows(
-                &crate::store::writer::WriterDb::Pool(db.clone()),
-                "a",
-                "gone",
-                100
-            )
-            .await
-            .unwrap(),
+            crate::store::admin::delete_key_rows(&WriterDb::Pool(db.clone()), "a", "gone", 100)
+                .await
+                .unwrap(),
             1
         );
         // The delete only queued the row: its posting stays until the indexer's next chunk.

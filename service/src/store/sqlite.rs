@@ -6,7 +6,9 @@
 //! ingest group (34 records, seven statements, BEGIN and COMMIT) spent ~0.3 ms of its 2.6
 //! ms waiting for that ping before its `BEGIN`, and a hop to the worker and back for each
 //! statement (BENCHMARKS.md, "Unary ingest: where a group's transaction goes"). The writer
-//! therefore holds a connection of its own and runs a whole group on it in one call.
+//! therefore holds a connection of its own and runs a whole group on it in one call; its
+//! purge and sweep steps and the search indexer's chunks run there too
+//! (`writer::Writer::write`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -271,7 +273,7 @@ fn bound(values: Option<sea_orm::sea_query::Values>) -> Result<Vec<rusqlite::typ
 
 /// A column's value as SeaORM reads it back: integers as `BigInt` (read them as `i64`),
 /// and NULL as a missing `BigInt`, since SQLite does not say which type is missing (the
-/// writer reads no nullable column).
+/// only nullable values the writer's statements read are integers).
 fn read_value(value: ValueRef<'_>) -> Value {
     match value {
         ValueRef::Null => Value::BigInt(None),
