@@ -127,8 +127,15 @@ impl HeldSqlite {
     /// up to the busy timeout for another writer's: see `store::begin_write` for why a
     /// deferred one must not be used to write.
     pub fn begin(self: &Arc<Self>) -> Result<HeldTxn, StoreError> {
-        self.with(|connection| connection.execute_batch("BEGIN IMMEDIATE"))
-            .map_err(|error| StoreError::from(exec_error(&error)))?;
+        self.with(|connection| {
+            // A transaction nobody ended (its `HeldTxn` leaked) would make every later BEGIN
+            // fail; what it wrote was never acknowledged, so it goes.
+            if !connection.is_autocommit() {
+                connection.execute_batch("ROLLBACK")?;
+            }
+            connection.execute_batch("BEGIN IMMEDIATE")
+        })
+        .map_err(|error| StoreError::from(exec_error(&error)))?;
         Ok(HeldTxn {
             held: Arc::clone(self),
             open: true,
@@ -140,8 +147,8 @@ impl HeldSqlite {
         work: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<T> {
         // A panic while locked cannot leave the connection half-used: SQLite's own state
-        // is consistent after every call, and an open transaction is rolled back by the
-        // next `HeldTxn`'s drop or refused by the next `BEGIN`.
+        // is consistent after every call, and a transaction left open is rolled back by
+        // its `HeldTxn`'s drop or, failing that, by the next `begin`.
         let connection = self
             .connection
             .lock()
@@ -378,6 +385,23 @@ mod tests {
         db.execute_unprepared("INSERT INTO user_agents (value) VALUES ('after')")
             .await
             .expect("the lock was released");
+    }
+
+    #[tokio::test]
+    async fn a_transaction_nobody_ended_is_rolled_back_by_the_next() {
+        let (_dir, db, held) = held().await;
+        let leaked = held.begin().expect("begin");
+        leaked
+            .execute(statement(
+                "INSERT INTO user_agents (value) VALUES (?)",
+                vec!["leaked".into()],
+            ))
+            .await
+            .expect("insert");
+        std::mem::forget(leaked);
+        let txn = held.begin().expect("the next transaction begins");
+        txn.commit().expect("commit");
+        assert_eq!(crate::store::test_count(&db, "user_agents").await, 0);
     }
 
     #[test]
