@@ -738,24 +738,22 @@ async fn look_up<'a>(
         .map(|entry| (entry.account_id.as_str(), entry.api_key_id.as_str()))
         .collect();
     let keys: Vec<(&str, &str)> = keys.into_iter().collect();
-    // (day, account, its number, key): the record's day and both neighbours.
-    let probes: Vec<(i64, &str, i64, RequestKey)> = entries
-        .iter()
-        .zip(account_nos)
-        .filter_map(|(entry, &number)| {
-            let rid = entry.request_key?;
-            let day = day_of(entry.ts_micros);
-            Some(
-                [day - 1, day, day + 1]
-                    .map(|probe_day| (probe_day, entry.account_id.as_str(), number, rid)),
-            )
-        })
-        .flatten()
-        .collect();
-    let probes_json: Vec<(i64, i64, String)> = probes
-        .iter()
-        .map(|&(day, _, number, rid)| (day, number, to_hex(&rid)))
-        .collect();
+    // Each request id is probed on its record's day and both neighbours: `probes` names
+    // the record's (account, key) for a row to map back to, `probes_json` is what the
+    // statement reads, (day, account number, key in hex), the key encoded once.
+    let mut probes: Vec<(&str, RequestKey)> = Vec::new();
+    let mut probes_json: Vec<(i64, i64, String)> = Vec::new();
+    for (entry, &number) in entries.iter().zip(account_nos) {
+        let Some(rid) = entry.request_key else {
+            continue;
+        };
+        let day = day_of(entry.ts_micros);
+        let hex = to_hex(&rid);
+        for probe_day in [day - 1, day, day + 1] {
+            probes.push((entry.account_id.as_str(), rid));
+            probes_json.push((probe_day, number, hex.clone()));
+        }
+    }
     let backend = txn.get_database_backend();
     let keys_json = super::json_param(&keys)?;
     let probes_json = super::json_param(&probes_json)?;
@@ -789,7 +787,7 @@ async fn look_up<'a>(
                 }
             }
             2 => {
-                if let Some(&(_, account, _, rid)) = probe_at(&probes, position) {
+                if let Some(&(account, rid)) = probe_at(&probes, position) {
                     let day: Option<i64> = row.try_get("", "day")?;
                     let log_id: Option<i64> = row.try_get("", "log_id")?;
                     if let (Some(day), Some(log_id)) = (day, log_id) {
