@@ -325,8 +325,8 @@ impl MigrationTrait for Migration {
             .await?;
 
         // Usage statistics per UTC hour (`bucket_start` in seconds) and every dimension;
-        // day buckets and coarser groups are sums of these rows. Updated in the same
-        // transaction as the log rows, and never touched by purge or retention.
+        // day buckets and coarser groups are sums of these rows. Never touched by purge or
+        // retention. How rows reach them differs by backend (the service's `store::usage`).
         let mut usage_stats = Table::create();
         if backend == DatabaseBackend::Sqlite {
             // The counters are stored in their key's tree: with a rowid table SQLite kept

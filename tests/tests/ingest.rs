@@ -688,6 +688,51 @@ async fn usage_statistics_are_kept_with_the_rows(backend: Backend) {
         .record(at(hour + 2, 500, 50))
         .await
         .expect("record");
+    let expected = vec![
+        (0, 200, 1, 0, 10, 10),
+        (0, 500, 2, 2, 80, 50),
+        (3600, 404, 1, 1, 5, 5),
+    ];
+    // Read through the API, the counts are there at once on both backends (SQLite adds the
+    // rows its indexer has not folded yet).
+    let buckets = server
+        .client
+        .logs()
+        .get_usage_stats(pb::GetUsageStatsRequest {
+            account_id: "acct_s".into(),
+            start_time: Some(prost_types::Timestamp {
+                seconds: hour,
+                nanos: 0,
+            }),
+            end_time: Some(prost_types::Timestamp {
+                seconds: hour + 7200,
+                nanos: 0,
+            }),
+            group_by: vec![pb::UsageDimension::StatusCode as i32],
+            ..Default::default()
+        })
+        .await
+        .expect("stats")
+        .into_inner()
+        .buckets;
+    let read: Vec<(i64, i32, i64, i64, i64, i64)> = buckets
+        .iter()
+        .map(|b| {
+            (
+                b.start_time.as_ref().expect("a start").seconds - hour,
+                b.status_code,
+                b.request_count,
+                b.error_count,
+                b.total_duration_ms,
+                i64::from(b.max_duration_ms),
+            )
+        })
+        .collect();
+    assert_eq!(read, expected);
+    // In the table: at once on PostgreSQL, once the indexer has run on SQLite.
+    reqlog_service::store::search::index_pending(&server.db)
+        .await
+        .expect("index");
     let mut stats = usage_stat::Entity::find()
         .all(&server.db)
         .await
@@ -706,14 +751,7 @@ async fn usage_statistics_are_kept_with_the_rows(backend: Backend) {
             )
         })
         .collect();
-    assert_eq!(
-        rows,
-        vec![
-            (0, 200, 1, 0, 10, 10),
-            (0, 500, 2, 2, 80, 50),
-            (3600, 404, 1, 1, 5, 5)
-        ]
-    );
+    assert_eq!(rows, expected);
     server.shutdown().await;
 }
 

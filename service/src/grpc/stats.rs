@@ -9,7 +9,7 @@ use crate::domain::Violation;
 use crate::domain::lifecycle::{Dimension, Granularity, UsageQuery};
 use crate::domain::time::{MICROS_PER_SECOND, now_micros};
 use crate::error::Error;
-use crate::store::admin;
+use crate::store::usage;
 
 fn dimension(value: i32) -> Result<Dimension, Violation> {
     match pb::UsageDimension::try_from(value) {
@@ -51,13 +51,13 @@ fn query(request: &pb::GetUsageStatsRequest) -> Result<UsageQuery, Violation> {
     )
 }
 
-/// Usage buckets of an account, summed from the hourly counters kept at ingest.
+/// Usage buckets of an account, summed from the hourly counters.
 pub async fn get_usage_stats(
     db: &DatabaseConnection,
     request: pb::GetUsageStatsRequest,
 ) -> Result<Response<pb::GetUsageStatsResponse>, Status> {
     let query = query(&request).map_err(Error::from)?;
-    let rows = admin::usage(db, &query).await.map_err(Error::from)?;
+    let rows = usage::buckets(db, &query).await.map_err(Error::from)?;
     let buckets = rows
         .into_iter()
         .map(|row| pb::UsageBucket {

@@ -1,4 +1,4 @@
-//! Key lifecycle, plans, retention and usage statistics in SQL. Every function that writes
+//! Key lifecycle, plans and retention in SQL. Every function that writes
 //! is meant to run on the writer (`Writer::run`), so it is ordered with ingest.
 
 use std::collections::HashMap;
@@ -11,9 +11,9 @@ use sea_orm::{
 
 use super::StoreError;
 use super::dictionary::account_no;
-use super::entity::{account, api_key, log_entry, usage_stat};
+use super::entity::{account, api_key, log_entry};
 use super::writer::WriterDb;
-use crate::domain::lifecycle::{Dimension, Granularity, Plan, Retention, UsageQuery};
+use crate::domain::lifecycle::{Plan, Retention};
 use crate::domain::time::day_of;
 
 /// How many lock buckets purge and ingest share on PostgreSQL (see [`lock_key_buckets`]).
@@ -223,6 +223,12 @@ async fn delete_batch(
             let chosen = format!(r#"("account_no", "ts", "id") IN ({batch_sql})"#);
             // Stable while this transaction holds the write lock (the indexer writes too).
             let indexed_through = super::search::watermark(txn).await?;
+            // Rows no indexer chunk reached are in no counter yet: counted before they go,
+            // since statistics outlive the rows.
+            let mut fold_values = values.0.clone();
+            fold_values.push(super::usage::folded_through(txn).await?.into());
+            super::usage::fold_sqlite(txn, &format!(r#"{chosen} AND "id" > ?"#), fold_values)
+                .await?;
             // Queued for the indexer rather than dropped here: FTS5's per-row 'delete' was
             // 37–47% of a purge, and every ingest caller waits for a writer job (see
             // `search::drop_removed_sqlite`). Only rows the indexer copied have postings.
@@ -536,111 +542,6 @@ pub async fn count_rows_before(
 /// of the cutoff's day and the day before still guard rows inside the window (±1 day).
 pub fn request_id_horizon(cutoff_micros: i64) -> i64 {
     day_of(cutoff_micros) - 1
-}
-
-/// One usage bucket of one group.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsageRow {
-    /// Bucket start, seconds.
-    pub bucket_start: i64,
-    /// The key, when grouped by key.
-    pub api_key_id: Option<String>,
-    /// The endpoint, when grouped by endpoint.
-    pub endpoint: Option<String>,
-    /// The method, when grouped by method.
-    pub method: Option<String>,
-    /// The status code, when grouped by status code.
-    pub status_code: Option<i32>,
-    /// Requests.
-    pub request_count: i64,
-    /// Requests with status ≥ 400.
-    pub error_count: i64,
-    /// Sum of latencies.
-    pub total_duration_ms: i64,
-    /// Largest latency.
-    pub max_duration_ms: i64,
-}
-
-/// Sums the hourly counters into the query's buckets and groups.
-pub async fn usage(
-    db: &impl ConnectionTrait,
-    query: &UsageQuery,
-) -> Result<Vec<UsageRow>, StoreError> {
-    use usage_stat::Column as C;
-    let backend = db.get_database_backend();
-    let Some(account_no) = account_no(db, &query.account_id).await? else {
-        return Ok(Vec::new());
-    };
-    let bucket = match query.granularity {
-        Granularity::Hour => Expr::col(C::BucketStart).into(),
-        Granularity::Day => Expr::cust(r#"("bucket_start" - ("bucket_start" % 86400))"#),
-    };
-    let mut select = Query::select();
-    select
-        .from(usage_stat::Entity)
-        .expr_as(bucket.clone(), Alias::new("bucket"))
-        .and_where(C::AccountNo.eq(account_no))
-        .and_where(C::BucketStart.gte(query.start_seconds))
-        .and_where(C::BucketStart.lt(query.end_seconds))
-        .add_group_by([bucket.clone()])
-        .order_by_expr(bucket, Order::Asc);
-    if let Some(key) = &query.api_key_id {
-        select.and_where(C::ApiKeyId.eq(key.as_str()));
-    }
-    for dimension in &query.group_by {
-        let column = match dimension {
-            Dimension::ApiKey => C::ApiKeyId,
-            Dimension::Endpoint => C::Endpoint,
-            Dimension::Method => C::Method,
-            Dimension::StatusCode => C::StatusCode,
-        };
-        select
-            .column(column)
-            .add_group_by([Expr::col(column).into()])
-            .order_by(column, Order::Asc);
-    }
-    select
-        .expr_as(
-            Expr::cust(r#"CAST(SUM("request_count") AS BIGINT)"#),
-            Alias::new("requests"),
-        )
-        .expr_as(
-            Expr::cust(r#"CAST(SUM("error_count") AS BIGINT)"#),
-            Alias::new("errors"),
-        )
-        .expr_as(
-            Expr::cust(r#"CAST(SUM("total_duration_ms") AS BIGINT)"#),
-            Alias::new("total_ms"),
-        )
-        .expr_as(
-            Expr::cust(r#"CAST(MAX("max_duration_ms") AS BIGINT)"#),
-            Alias::new("max_ms"),
-        );
-    let grouped = |dimension| query.group_by.contains(&dimension);
-    let rows = db.query_all(backend.build(&select)).await?;
-    rows.iter()
-        .map(|row| {
-            Ok(UsageRow {
-                bucket_start: row.try_get("", "bucket")?,
-                api_key_id: grouped(Dimension::ApiKey)
-                    .then(|| row.try_get("", "api_key_id"))
-                    .transpose()?,
-                endpoint: grouped(Dimension::Endpoint)
-                    .then(|| row.try_get("", "endpoint"))
-                    .transpose()?,
-                method: grouped(Dimension::Method)
-                    .then(|| row.try_get("", "method"))
-                    .transpose()?,
-                status_code: grouped(Dimension::StatusCode)
-                    .then(|| row.try_get("", "status_code"))
-                    .transpose()?,
-                request_count: row.try_get("", "requests")?,
-                error_count: row.try_get("", "errors")?,
-                total_duration_ms: row.try_get("", "total_ms")?,
-                max_duration_ms: row.try_get("", "max_ms")?,
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod logs;
 pub mod search;
 pub mod settings;
 pub mod sqlite;
+pub mod usage;
 pub mod writer;
 
 use std::path::PathBuf;

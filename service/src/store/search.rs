@@ -25,14 +25,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::time::Duration;
 
-use sea_orm::sea_query::OnConflict;
-use sea_orm::{
-    ActiveValue::Set, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, Statement,
-    TransactionTrait,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
 
 use super::StoreError;
-use super::entity::setting;
 use super::writer::{Writer, WriterDb};
 
 /// The advisory lock ingest transactions share and the indexer takes alone.
@@ -193,6 +188,7 @@ async fn index_chunk_sqlite(db: &WriterDb, drop_removed: bool) -> Result<Chunk, 
             ))
             .await?
             .rows_affected();
+        super::usage::fold_through_sqlite(&txn, upto).await?;
         set_watermark(&txn, upto).await?;
         inserted
     } else {
@@ -299,25 +295,11 @@ async fn index_pending_postgres(db: &DatabaseConnection) -> Result<u64, StoreErr
 
 /// The highest id known to be in `log_search` (0 before the first run).
 pub async fn watermark(db: &impl ConnectionTrait) -> Result<i64, StoreError> {
-    let stored = setting::Entity::find_by_id(WATERMARK.to_owned())
-        .one(db)
-        .await?;
-    Ok(stored.and_then(|row| row.value.parse().ok()).unwrap_or(0))
+    super::settings::integer(db, WATERMARK).await
 }
 
 async fn set_watermark(db: &impl ConnectionTrait, upto: i64) -> Result<(), StoreError> {
-    setting::Entity::insert(setting::ActiveModel {
-        name: Set(WATERMARK.to_owned()),
-        value: Set(upto.to_string()),
-    })
-    .on_conflict(
-        OnConflict::column(setting::Column::Name)
-            .update_column(setting::Column::Value)
-            .to_owned(),
-    )
-    .exec(db)
-    .await?;
-    Ok(())
+    super::settings::set_integer(db, WATERMARK, upto).await
 }
 
 /// Whether a purge or sweep is deleting rows. SQLite's background indexer leaves the queued

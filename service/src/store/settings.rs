@@ -2,7 +2,7 @@
 
 use rand::RngCore;
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait};
+use sea_orm::{ActiveValue::Set, ConnectionTrait, DatabaseConnection, EntityTrait};
 
 use super::StoreError;
 use super::entity::setting;
@@ -32,6 +32,32 @@ pub async fn page_token_key(db: &DatabaseConnection) -> Result<Vec<u8>, StoreErr
         .await?
         .ok_or_else(|| corrupt("page-token key missing after insert"))?;
     decode_hex(&stored.value).ok_or_else(|| corrupt("page-token key is not hex"))
+}
+
+/// The integer setting `name` (0 when absent).
+pub async fn integer(db: &impl ConnectionTrait, name: &str) -> Result<i64, StoreError> {
+    let stored = setting::Entity::find_by_id(name.to_owned()).one(db).await?;
+    Ok(stored.and_then(|row| row.value.parse().ok()).unwrap_or(0))
+}
+
+/// Sets the integer setting `name`.
+pub async fn set_integer(
+    db: &impl ConnectionTrait,
+    name: &str,
+    value: i64,
+) -> Result<(), StoreError> {
+    setting::Entity::insert(setting::ActiveModel {
+        name: Set(name.to_owned()),
+        value: Set(value.to_string()),
+    })
+    .on_conflict(
+        OnConflict::column(setting::Column::Name)
+            .update_column(setting::Column::Value)
+            .to_owned(),
+    )
+    .exec(db)
+    .await?;
+    Ok(())
 }
 
 fn corrupt(what: &str) -> StoreError {

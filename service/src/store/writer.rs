@@ -23,11 +23,11 @@ use tokio::task::JoinHandle;
 
 use super::StoreError;
 use super::dictionary::{Dictionary, Ids};
-use super::entity::{log_entry, request_id, usage_stat};
+use super::entity::{log_entry, request_id};
 use super::sqlite::{HeldSqlite, HeldTxn};
 use crate::domain::ip::to_hex;
 use crate::domain::record::{NewLogEntry, RequestKey};
-use crate::domain::time::{day_of, hour_start_seconds};
+use crate::domain::time::day_of;
 
 /// Rows a single multi-row INSERT carries: well under SQLite's 32,766 and PostgreSQL's
 /// 65,535 bound parameters.
@@ -676,7 +676,10 @@ async fn commit_group(
     let group_agents = dictionaries.agents.resolve(&txn, stored_agents).await?;
     let agent_id = |agent: &str| dictionaries.agents.id(&group_agents, agent);
     insert_rows(&txn, entries, &assigned, &account_nos, agent_id).await?;
-    upsert_usage(&txn, backend, entries, &assigned, &account_nos).await?;
+    // SQLite's counters are folded from the rows by the search indexer (`usage`).
+    if backend != DbBackend::Sqlite {
+        super::usage::add_group(&txn, entries, assigned.keys().copied(), &account_nos).await?;
+    }
     txn.commit().await?;
     dictionaries.accounts.committed(group_accounts);
     dictionaries.agents.committed(group_agents);
@@ -1010,101 +1013,6 @@ async fn insert_rows(
         }
         txn.execute(txn.get_database_backend().build(&insert))
             .await?;
-    }
-    Ok(())
-}
-
-#[derive(Default)]
-struct UsageDelta {
-    requests: i64,
-    errors: i64,
-    total_ms: i64,
-    max_ms: i64,
-}
-
-/// Adds the stored rows to the hourly counters, in the same transaction as the rows.
-async fn upsert_usage(
-    txn: &impl ConnectionTrait,
-    backend: DbBackend,
-    entries: &[&NewLogEntry],
-    assigned: &HashMap<usize, i64>,
-    account_nos: &[i64],
-) -> Result<(), StoreError> {
-    let mut deltas: HashMap<(i64, i64, &str, &str, &str, i32), UsageDelta> = HashMap::new();
-    for &index in assigned.keys() {
-        let entry = entries[index];
-        let delta = deltas
-            .entry((
-                account_nos[index],
-                hour_start_seconds(entry.ts_micros),
-                entry.api_key_id.as_str(),
-                entry.endpoint.as_str(),
-                entry.method,
-                entry.status_code,
-            ))
-            .or_default();
-        delta.requests += 1;
-        delta.errors += i64::from(entry.status_code >= 400);
-        delta.total_ms += i64::from(entry.duration_ms);
-        delta.max_ms = delta.max_ms.max(i64::from(entry.duration_ms));
-    }
-    let greatest = match backend {
-        DbBackend::Postgres => "GREATEST",
-        _ => "MAX",
-    };
-    let mut deltas: Vec<_> = deltas.into_iter().collect();
-    // A stable order keeps concurrent upserts on PostgreSQL from deadlocking on row locks.
-    deltas.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    for chunk in deltas.chunks(INSERT_CHUNK_ROWS) {
-        let mut insert = Query::insert();
-        insert
-            .into_table(usage_stat::Entity)
-            .columns([
-                usage_stat::Column::AccountNo,
-                usage_stat::Column::BucketStart,
-                usage_stat::Column::ApiKeyId,
-                usage_stat::Column::Endpoint,
-                usage_stat::Column::Method,
-                usage_stat::Column::StatusCode,
-                usage_stat::Column::RequestCount,
-                usage_stat::Column::ErrorCount,
-                usage_stat::Column::TotalDurationMs,
-                usage_stat::Column::MaxDurationMs,
-            ])
-            .on_conflict(
-                OnConflict::columns([
-                    usage_stat::Column::AccountNo,
-                    usage_stat::Column::BucketStart,
-                    usage_stat::Column::ApiKeyId,
-                    usage_stat::Column::Endpoint,
-                    usage_stat::Column::Method,
-                    usage_stat::Column::StatusCode,
-                ])
-                .values([
-                    (usage_stat::Column::RequestCount, Expr::cust(r#""usage_stats"."request_count" + "excluded"."request_count""#)),
-                    (usage_stat::Column::ErrorCount, Expr::cust(r#""usage_stats"."error_count" + "excluded"."error_count""#)),
-                    (usage_stat::Column::TotalDurationMs, Expr::cust(r#""usage_stats"."total_duration_ms" + "excluded"."total_duration_ms""#)),
-                    (usage_stat::Column::MaxDurationMs, Expr::cust(format!(r#"{greatest}("usage_stats"."max_duration_ms", "excluded"."max_duration_ms")"#))),
-                ])
-                .to_owned(),
-            );
-        for ((account, bucket, key, endpoint, method, status), delta) in chunk {
-            insert
-                .values([
-                    (*account).into(),
-                    (*bucket).into(),
-                    (*key).into(),
-                    (*endpoint).into(),
-                    (*method).into(),
-                    (*status).into(),
-                    delta.requests.into(),
-                    delta.errors.into(),
-                    delta.total_ms.into(),
-                    delta.max_ms.into(),
-                ])
-                .map_err(|error| StoreError::Database(DbErr::Custom(error.to_string())))?;
-        }
-        txn.execute(backend.build(&insert)).await?;
     }
     Ok(())
 }
