@@ -223,12 +223,8 @@ async fn delete_batch(
             let chosen = format!(r#"("account_no", "ts", "id") IN ({batch_sql})"#);
             // Stable while this transaction holds the write lock (the indexer writes too).
             let indexed_through = super::search::watermark(txn).await?;
-            // Rows no indexer chunk reached are in no counter yet: counted before they go,
-            // since statistics outlive the rows.
-            let mut fold_values = values.0.clone();
-            fold_values.push(super::usage::folded_through(txn).await?.into());
-            super::usage::fold_sqlite(txn, &format!(r#"{chosen} AND "id" > ?"#), fold_values)
-                .await?;
+            // Statistics outlive the rows: those no indexer chunk reached are counted first.
+            super::usage::fold_before_delete_sqlite(txn, &chosen, values.0.clone()).await?;
             // Queued for the indexer rather than dropped here: FTS5's per-row 'delete' was
             // 37–47% of a purge, and every ingest caller waits for a writer job (see
             // `search::drop_removed_sqlite`). Only rows the indexer copied have postings.

@@ -150,15 +150,7 @@ async fn index_chunk_sqlite(db: &WriterDb, drop_removed: bool) -> Result<Chunk, 
     let backend = DbBackend::Sqlite;
     let txn = db.begin_write().await?;
     let from = watermark(&txn).await?;
-    let last = txn
-        .query_one(Statement::from_string(
-            backend,
-            "SELECT last_id FROM log_id_sequence WHERE name = 'log_entries'",
-        ))
-        .await?
-        .map(|row| row.try_get::<i64>("", "last_id"))
-        .transpose()?
-        .unwrap_or(0);
+    let last = last_id_sqlite(&txn).await?;
     let chunk = sqlite_chunk_rows(last - from);
     let upto = (from + chunk).min(last).max(from);
     let removed = if drop_removed {
@@ -199,6 +191,20 @@ async fn index_chunk_sqlite(db: &WriterDb, drop_removed: bool) -> Result<Chunk, 
         inserted,
         more: upto < last || removed == SQLITE_REMOVAL_ROWS,
     })
+}
+
+/// The last id SQLite's sequence handed out; within a write transaction, every id up to it
+/// is committed or gone.
+pub async fn last_id_sqlite(txn: &impl ConnectionTrait) -> Result<i64, StoreError> {
+    let last = txn
+        .query_one(Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT last_id FROM log_id_sequence WHERE name = 'log_entries'",
+        ))
+        .await?
+        .map(|row| row.try_get::<i64>("", "last_id"))
+        .transpose()?;
+    Ok(last.unwrap_or(0))
 }
 
 /// Drops the postings of up to `limit` deleted rows, the oldest queued first, from the FTS5

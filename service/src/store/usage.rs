@@ -175,10 +175,27 @@ pub async fn fold_through_sqlite(txn: &impl ConnectionTrait, upto: i64) -> Resul
     Ok(())
 }
 
+/// Adds the rows `condition` (with `values` bound) selects that no chunk has folded yet
+/// (SQLite), for a purge or sweep step about to delete them. Nothing to do, and no statement,
+/// while every row is folded, as it is once the indexer has caught up.
+pub async fn fold_before_delete_sqlite(
+    txn: &impl ConnectionTrait,
+    condition: &str,
+    mut values: Vec<Value>,
+) -> Result<(), StoreError> {
+    let folded = folded_through(txn).await?;
+    if folded >= super::search::last_id_sqlite(txn).await? {
+        return Ok(());
+    }
+    values.push(folded.into());
+    fold_sqlite(txn, &format!(r#"{condition} AND "id" > ?"#), values).await?;
+    Ok(())
+}
+
 /// Adds the `log_entries` rows that `condition` (SQL over the table's columns, with
 /// `values` bound to its `?`) selects to the counters, grouped first (SQLite). Returns the
 /// counter rows written.
-pub async fn fold_sqlite(
+async fn fold_sqlite(
     txn: &impl ConnectionTrait,
     condition: &str,
     values: Vec<Value>,
