@@ -7,14 +7,15 @@
 //! PostgreSQL: each ingest group adds its rows' counts in its own transaction
 //! ([`add_group`]), so every replica's reads see them at once.
 //!
-//! SQLite: the ingest group does not touch the counters. The search indexer's chunk folds
-//! the rows it indexes into them ([`fold_sqlite`]) in the transaction that moves the
-//! watermark `search_indexed_through`, so every row up to the watermark is counted and none
-//! above it; a purge or sweep folds the rows it deletes above the watermark before deleting
-//! them, so no count is lost; and [`buckets`] adds the rows above the watermark to the
-//! counters in the same statement, so a read sees every committed row. A chunk folds hundreds
-//! to thousands of rows grouped and in key order, where a group's upsert dirtied one random
-//! page per record (skipping the upsert measured +13% unary and +22% batch ingest).
+//! SQLite: the ingest group does not touch the counters. Each search indexer chunk folds
+//! the rows it indexes into them, grouped ([`fold_through_sqlite`]), in the transaction that
+//! moves the setting [`FOLDED_THROUGH`] to the chunk's last id, so the counters hold every row
+//! up to it and none above. A purge or sweep step folds the rows it deletes above it before
+//! deleting them ([`fold_before_delete_sqlite`]), so no count is lost, and [`buckets`] adds
+//! the rows above it to the counters in the same statement, so a read sees every committed
+//! row once. A group's upsert had dirtied one random page of the counters per record:
+//! skipping it measured +13% unary and +22% batch ingest, folding it in the chunks +6% and
+//! +8% (the chunks write those pages now, grouped; BENCHMARKS.md).
 
 use std::collections::HashMap;
 
@@ -193,13 +194,12 @@ pub async fn fold_before_delete_sqlite(
 }
 
 /// Adds the `log_entries` rows that `condition` (SQL over the table's columns, with
-/// `values` bound to its `?`) selects to the counters, grouped first (SQLite). Returns the
-/// counter rows written.
+/// `values` bound to its `?`) selects to the counters, grouped first (SQLite).
 async fn fold_sqlite(
     txn: &impl ConnectionTrait,
     condition: &str,
     values: Vec<Value>,
-) -> Result<u64, StoreError> {
+) -> Result<(), StoreError> {
     use log_entry::Column as L;
     let hour = || Expr::cust(SQLITE_HOUR_OF_TS);
     let mut rows = Query::select();
@@ -228,11 +228,8 @@ async fn fold_sqlite(
         .select_from(rows)
         .map_err(|error| StoreError::Database(DbErr::Custom(error.to_string())))?
         .on_conflict(add_on_conflict(DbBackend::Sqlite));
-    let written = txn
-        .execute(DbBackend::Sqlite.build(&insert))
-        .await?
-        .rows_affected();
-    Ok(written)
+    txn.execute(DbBackend::Sqlite.build(&insert)).await?;
+    Ok(())
 }
 
 /// One usage bucket of one group.
@@ -300,9 +297,10 @@ fn counted(backend: DbBackend, account_no: i64, query: &UsageQuery) -> SelectSta
         .expr_as(Expr::col(L::DurationMs), Alias::new("total_duration_ms"))
         .expr_as(Expr::col(L::DurationMs), Alias::new("max_duration_ms"))
         .from(log_entry::Entity)
-        // Only the id index may serve this part: the rows above the watermark are the
-        // newest few thousand at most, and the account (unary `+` keeps SQLite from using
-        // it) can hold a fifth of the table.
+        // Only the id index may serve this part: the rows above the watermark are the ones
+        // the indexer has not reached (a few thousand under steady ingest, more for a while
+        // after a burst), and the account (unary `+` keeps SQLite from using it) can hold a
+        // fifth of the table.
         .and_where(Expr::cust_with_values(
             r#"+"account_no" = ?"#,
             [account_no],
