@@ -176,8 +176,14 @@ pub async fn fold_through_sqlite(txn: &impl ConnectionTrait, upto: i64) -> Resul
     Ok(())
 }
 
-/// Adds the rows `condition` (with `values` bound) selects that no chunk has folded yet
-/// (SQLite), for a purge or sweep step about to delete them. Nothing to do, and no statement,
+/// Unfolded rows up to which a delete step folds them all (by id) instead of only the rows
+/// it deletes: under ingest a few hundred wait between two sweep steps, and folding the
+/// step's own rows ran its batch query once more (a sweep ~10% slower).
+const FOLD_ALL_BEFORE_DELETE_ROWS: i64 = 5_000;
+
+/// Counts the rows `condition` (with `values` bound) selects that no chunk has folded yet
+/// (SQLite), for a purge or sweep step about to delete them: when few wait, every unfolded
+/// row; behind a burst of ingest, only the step's own. Nothing to do, and no statement,
 /// while every row is folded, as it is once the indexer has caught up.
 pub async fn fold_before_delete_sqlite(
     txn: &impl ConnectionTrait,
@@ -185,12 +191,15 @@ pub async fn fold_before_delete_sqlite(
     mut values: Vec<Value>,
 ) -> Result<(), StoreError> {
     let folded = folded_through(txn).await?;
-    if folded >= super::search::last_id_sqlite(txn).await? {
+    let last = super::search::last_id_sqlite(txn).await?;
+    if folded >= last {
         return Ok(());
     }
+    if last - folded <= FOLD_ALL_BEFORE_DELETE_ROWS {
+        return fold_through_sqlite(txn, last).await;
+    }
     values.push(folded.into());
-    fold_sqlite(txn, &format!(r#"{condition} AND "id" > ?"#), values).await?;
-    Ok(())
+    fold_sqlite(txn, &format!(r#"{condition} AND "id" > ?"#), values).await
 }
 
 /// Adds the `log_entries` rows that `condition` (SQL over the table's columns, with
@@ -472,6 +481,21 @@ mod tests {
             .collect()
     }
 
+    /// Runs one sweep step of up to `limit` rows over account `a`, whose every row is past
+    /// the cutoff; returns the rows it deleted.
+    async fn sweep_step_of(db: &DatabaseConnection, limit: u64) -> u64 {
+        let items = [SweepItem {
+            account_id: "a".into(),
+            account_no: 1,
+            cutoff_micros: 1_000 * HOUR_MICROS,
+        }];
+        let budget = std::time::Duration::from_secs(60);
+        let progress = sweep_step(&WriterDb::Pool(db.clone()), &items, limit, budget)
+            .await
+            .unwrap();
+        progress[0].deleted
+    }
+
     /// What [`rows`]`(12)` counts: hour h holds ids i ≡ h (mod 3), 500 when i % 4 = 0.
     const TWELVE: [(i64, i32, i64, i64, i64, i64); 6] = [
         (0, 200, 3, 0, 3 + 6 + 9, 9),
@@ -520,18 +544,31 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(counts(&db).await, TWELVE);
-        let items = [SweepItem {
-            account_id: "a".into(),
-            account_no: 1,
-            cutoff_micros: 1_000 * HOUR_MICROS,
-        }];
-        let budget = std::time::Duration::from_secs(60);
-        let progress = sweep_step(&WriterDb::Pool(db.clone()), &items, 100, budget)
-            .await
-            .unwrap();
-        assert_eq!(progress[0].deleted, 12);
+        assert_eq!(sweep_step_of(&db, 100).await, 12);
         assert_eq!(count(&db, "log_entries").await, 0);
         assert_eq!(counts(&db).await, TWELVE);
+        // Few rows waited: the step folded them all, by id.
+        assert_eq!(folded_through(&db).await.unwrap(), 12);
+    }
+
+    #[tokio::test]
+    async fn behind_a_burst_a_delete_step_folds_only_its_own_rows() {
+        let n = FOLD_ALL_BEFORE_DELETE_ROWS + 1_000;
+        let (_dir, db) = rows(n).await;
+        let before = counts(&db).await;
+        assert_eq!(sweep_step_of(&db, 100).await, 100);
+        assert_eq!(counts(&db).await, before);
+        // The 100 rows went into counters; the watermark did not move past the rest.
+        assert_eq!(folded_through(&db).await.unwrap(), 0);
+        let row = db
+            .query_one(Statement::from_string(
+                DbBackend::Sqlite,
+                "SELECT SUM(request_count) AS n FROM usage_stats",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.try_get::<i64>("", "n").unwrap(), 100);
     }
 
     #[tokio::test]
