@@ -25,16 +25,13 @@ use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, Value};
 use super::StoreError;
 use super::dictionary::account_no;
 use super::entity::{log_entry, usage_stat};
+use super::writer::INSERT_CHUNK_ROWS;
 use crate::domain::lifecycle::{Dimension, Granularity, UsageQuery};
 use crate::domain::record::NewLogEntry;
 use crate::domain::time::hour_start_seconds;
 
 /// The settings row holding the highest id whose row the counters hold (SQLite).
 pub const FOLDED_THROUGH: &str = "usage_folded_through";
-
-/// Counter rows a single multi-row upsert carries (ten values each: well under SQLite's
-/// 32,766 and PostgreSQL's 65,535 bound parameters).
-const UPSERT_CHUNK_ROWS: usize = 1_000;
 
 /// The hour a row's `ts` (microseconds) falls in, in seconds, rounded down as
 /// [`hour_start_seconds`] does (SQLite's `/` truncates toward zero).
@@ -127,7 +124,7 @@ pub async fn add_group(
     let mut deltas: Vec<_> = deltas.into_iter().collect();
     // A stable order keeps concurrent upserts on PostgreSQL from deadlocking on row locks.
     deltas.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    for chunk in deltas.chunks(UPSERT_CHUNK_ROWS) {
+    for chunk in deltas.chunks(INSERT_CHUNK_ROWS) {
         let mut insert = Query::insert();
         insert
             .into_table(usage_stat::Entity)
@@ -165,15 +162,25 @@ pub async fn folded_through(db: &impl ConnectionTrait) -> Result<i64, StoreError
 pub async fn fold_through_sqlite(txn: &impl ConnectionTrait, upto: i64) -> Result<(), StoreError> {
     let from = folded_through(txn).await?;
     if upto > from {
-        fold_sqlite(
-            txn,
-            r#""id" > ? AND "id" <= ?"#,
-            vec![from.into(), upto.into()],
-        )
-        .await?;
-        super::settings::set_integer(txn, FOLDED_THROUGH, upto).await?;
+        fold_ids_sqlite(txn, from, upto).await?;
     }
     Ok(())
+}
+
+/// Folds the rows with ids in `(from, upto]`, `from` being the current [`FOLDED_THROUGH`],
+/// and moves it to `upto`.
+async fn fold_ids_sqlite(
+    txn: &impl ConnectionTrait,
+    from: i64,
+    upto: i64,
+) -> Result<(), StoreError> {
+    fold_sqlite(
+        txn,
+        r#""id" > ? AND "id" <= ?"#,
+        vec![from.into(), upto.into()],
+    )
+    .await?;
+    super::settings::set_integer(txn, FOLDED_THROUGH, upto).await
 }
 
 /// Unfolded rows up to which a delete step folds them all (by id) instead of only the rows
@@ -196,7 +203,7 @@ pub async fn fold_before_delete_sqlite(
         return Ok(());
     }
     if last - folded <= FOLD_ALL_BEFORE_DELETE_ROWS {
-        return fold_through_sqlite(txn, last).await;
+        return fold_ids_sqlite(txn, folded, last).await;
     }
     values.push(folded.into());
     fold_sqlite(txn, &format!(r#"{condition} AND "id" > ?"#), values).await

@@ -29,9 +29,9 @@ use crate::domain::ip::to_hex;
 use crate::domain::record::{NewLogEntry, RequestKey};
 use crate::domain::time::day_of;
 
-/// Rows a single multi-row INSERT carries: well under SQLite's 32,766 and PostgreSQL's
-/// 65,535 bound parameters.
-const INSERT_CHUNK_ROWS: usize = 1_000;
+/// Rows a single multi-row INSERT carries (of up to 15 values: well under SQLite's 32,766 and
+/// PostgreSQL's 65,535 bound parameters).
+pub(super) const INSERT_CHUNK_ROWS: usize = 1_000;
 
 /// What became of one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
