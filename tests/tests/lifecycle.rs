@@ -567,15 +567,16 @@ async fn key_status_follows_upserts_and_expiry(backend: Backend) {
         .await
         .expect("upsert");
     assert_eq!(status_now().await, pb::ApiKeyStatus::Rotated as i32);
-    // An expiry shows as EXPIRED once it has passed, without another call.
-    let key = upsert(pb::ApiKeyStatus::Active, Some(now_seconds() + 1))
+    // An expiry shows as EXPIRED once it has passed, without another call. Whole seconds: at
+    // `now + 1` the expiry could be a few milliseconds away, and pass before the answer.
+    let key = upsert(pb::ApiKeyStatus::Active, Some(now_seconds() + 2))
         .await
         .expect("upsert")
         .into_inner()
         .api_key
         .expect("key");
     assert_eq!(key.status, pb::ApiKeyStatus::Active as i32);
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
     assert_eq!(status_now().await, pb::ApiKeyStatus::Expired as i32);
     let bad = upsert(pb::ApiKeyStatus::Unspecified, None)
         .await
