@@ -120,12 +120,16 @@ async fn rare_terms_page_through_indexed_and_newest_rows(backend: Backend) {
     if backend == Backend::Postgres {
         assert_lookup_narrows_by_account(&server).await;
     }
-    // Two newer rows with the term arrive after indexing: only a walk can find them.
+    // Two newer rows with the term arrive after indexing: only a walk can find them. So does
+    // another account's, which the pages never show either.
     record_all(
         &server,
         vec![marked(ROWS, "needle"), marked(ROWS + 1, "NEEDLE")],
     )
     .await;
+    let mut other = marked(ROWS + 2, "needle");
+    other.account_id = "acct_other".into();
+    server.client.record(other).await.expect("record");
 
     // Newest first: the timestamps grow with n (two rows per second, id breaks ties).
     let expected: Vec<String> = [ROWS + 1, ROWS]

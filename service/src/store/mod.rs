@@ -282,6 +282,26 @@ pub(crate) async fn test_database() -> (tempfile::TempDir, DatabaseConnection) {
     (dir, test_database_at(url).await)
 }
 
+/// SQLite's plan for `statement`, a line per step (`EXPLAIN QUERY PLAN`'s `detail`), for the
+/// store's unit tests.
+#[cfg(test)]
+pub(crate) async fn test_sqlite_plan(
+    db: &DatabaseConnection,
+    statement: sea_orm::Statement,
+) -> Vec<String> {
+    let explain = sea_orm::Statement::from_sql_and_values(
+        DbBackend::Sqlite,
+        format!("EXPLAIN QUERY PLAN {}", statement.sql),
+        statement.values.map(|values| values.0).unwrap_or_default(),
+    );
+    db.query_all(explain)
+        .await
+        .expect("explain")
+        .iter()
+        .map(|row| row.try_get::<String>("", "detail").expect("a plan step"))
+        .collect()
+}
+
 /// A migrated SQLite database at `url` behind a pool of one connection, for the store's
 /// unit tests.
 #[cfg(test)]
