@@ -502,6 +502,22 @@ mod tests {
         progress[0].deleted
     }
 
+    /// The requests and total milliseconds all counters hold, read from the table itself.
+    async fn counter_sums(db: &DatabaseConnection) -> (i64, i64) {
+        let row = db
+            .query_one(Statement::from_string(
+                DbBackend::Sqlite,
+                "SELECT SUM(request_count) AS n, SUM(total_duration_ms) AS ms FROM usage_stats",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        (
+            row.try_get("", "n").unwrap(),
+            row.try_get("", "ms").unwrap(),
+        )
+    }
+
     /// What [`rows`]`(12)` counts: hour h holds ids i ≡ h (mod 3), 500 when i % 4 = 0.
     const TWELVE: [(i64, i32, i64, i64, i64, i64); 6] = [
         (0, 200, 3, 0, 3 + 6 + 9, 9),
@@ -566,15 +582,7 @@ mod tests {
         assert_eq!(counts(&db).await, before);
         // The 100 rows went into counters; the watermark did not move past the rest.
         assert_eq!(folded_through(&db).await.unwrap(), 0);
-        let row = db
-            .query_one(Statement::from_string(
-                DbBackend::Sqlite,
-                "SELECT SUM(request_count) AS n FROM usage_stats",
-            ))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(row.try_get::<i64>("", "n").unwrap(), 100);
+        assert_eq!(counter_sums(&db).await.0, 100);
     }
 
     #[tokio::test]
@@ -584,19 +592,7 @@ mod tests {
         // Reverting the migration counts the rows no chunk folded, as ingest would have.
         Migrator::down(&db, Some(1)).await.unwrap();
         assert_eq!(count(&db, "usage_stats").await, 6);
-        let row = db
-            .query_one(Statement::from_string(
-                DbBackend::Sqlite,
-                "SELECT SUM(request_count) AS n, SUM(total_duration_ms) AS ms FROM usage_stats",
-            ))
-            .await
-            .unwrap()
-            .unwrap();
-        let sums: (i64, i64) = (
-            row.try_get("", "n").unwrap(),
-            row.try_get("", "ms").unwrap(),
-        );
-        assert_eq!(sums, (12, (1..=12).sum()));
+        assert_eq!(counter_sums(&db).await, (12, (1..=12).sum()));
         // Applying it again: every existing row is in the counters already.
         Migrator::up(&db, None).await.unwrap();
         assert_eq!(folded_through(&db).await.unwrap(), 12);
