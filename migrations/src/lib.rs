@@ -12,6 +12,7 @@ mod m20261124_000004_sqlite_search_index;
 mod m20261130_000005_sqlite_search_removals;
 mod m20261206_000006_search_timestamps;
 mod m20261206_000007_sqlite_usage_folding;
+mod m20261206_000008_sqlite_pending_claims;
 
 /// Every reqlog migration, in order.
 #[derive(Debug)]
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000005_sqlite_search_removals::Migration),
             Box::new(m20261206_000006_search_timestamps::Migration),
             Box::new(m20261206_000007_sqlite_usage_folding::Migration),
+            Box::new(m20261206_000008_sqlite_pending_claims::Migration),
         ]
     }
 }

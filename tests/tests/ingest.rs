@@ -20,6 +20,7 @@ backend_tests!(
     usage_statistics_are_kept_with_the_rows,
     ingest_waits_for_another_writer_instead_of_failing,
     keys_and_request_ids_that_json_escapes_still_match,
+    request_ids_stay_idempotent_across_a_restart,
 );
 
 fn sha256_hex(text: &str) -> String {
@@ -1066,5 +1067,70 @@ async fn keys_and_request_ids_that_json_escapes_still_match(backend: Backend) {
         matches!(refused, ClientError::FailedPrecondition(_)),
         "{refused:?}"
     );
+    server.shutdown().await;
+}
+
+/// A restart right after ingest keeps every request id: on SQLite the newest claims wait in
+/// memory for the search indexer (`store::claims`), and the restarted server restores them
+/// from the rows.
+async fn request_ids_stay_idempotent_across_a_restart(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    // More than `store::claims::PENDING_GROUP_CLAIMS`: a batch this large claims its ids in
+    // `request_ids` at once, a single record's wait in memory.
+    let records: Vec<pb::RequestRecord> = (0..300)
+        .map(|n| pb::RequestRecord {
+            request_id: format!("restart-{n}"),
+            ..record("acct_restart", n)
+        })
+        .collect();
+    let single = pb::RequestRecord {
+        request_id: "restart-single".into(),
+        ..record("acct_restart", 300)
+    };
+    let batch = server
+        .client
+        .record_batch(records.clone())
+        .await
+        .expect("the batch");
+    assert_eq!((batch.accepted, batch.duplicates), (300, 0));
+    let stored = server
+        .client
+        .record(single.clone())
+        .await
+        .expect("a record");
+    // Stopped at once: the indexer runs once a second.
+    let server = TestServer::start_on(server.stop().await, |_| {}).await;
+
+    let again = server
+        .client
+        .record_batch(records.clone())
+        .await
+        .expect("the batch again");
+    assert_eq!((again.accepted, again.duplicates), (0, 300));
+    let ts = single.timestamp.expect("a timestamp");
+    let a_day_earlier = pb::RequestRecord {
+        timestamp: Some(prost_types::Timestamp {
+            seconds: ts.seconds - 23 * 3600,
+            nanos: 0,
+        }),
+        ..single.clone()
+    };
+    for resent in [single, a_day_earlier] {
+        let outcome = server.client.record(resent).await.expect("a resend");
+        assert!(outcome.duplicate);
+        assert_eq!(outcome.id, stored.id);
+    }
+    let fresh = server
+        .client
+        .record(pb::RequestRecord {
+            request_id: "restart-fresh".into(),
+            ..record("acct_restart", 301)
+        })
+        .await
+        .expect("a new record");
+    assert!(!fresh.duplicate);
+    assert_eq!(all_rows(&server, "acct_restart").await.len(), 302);
     server.shutdown().await;
 }

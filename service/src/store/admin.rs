@@ -12,7 +12,7 @@ use sea_orm::{
 use super::StoreError;
 use super::dictionary::account_no;
 use super::entity::{account, api_key, log_entry};
-use super::writer::WriterDb;
+use super::writer::{WriterDb, WriterTxn};
 use crate::domain::lifecycle::{Plan, Retention};
 use crate::domain::time::day_of;
 
@@ -187,13 +187,11 @@ pub async fn sweep_step(
         // up by them), counted against the same budget: the biggest account's ~100k keys in
         // one statement made a 230 ms step.
         let finished = left > 0 && {
-            left -= prune_request_ids(
-                &txn,
-                item.account_no,
-                request_id_horizon(item.cutoff_micros),
-                left,
-            )
-            .await?;
+            let horizon = request_id_horizon(item.cutoff_micros);
+            left -= prune_request_ids(&txn, item.account_no, horizon, left).await?;
+            if let WriterTxn::Held(held) = &txn {
+                super::claims::prune(held, item.account_no, horizon).await?;
+            }
             left > 0
         };
         progress.push(SweepProgress { deleted, finished });

@@ -3,6 +3,7 @@
 pub mod activity;
 pub mod admin;
 pub mod analyze;
+pub mod claims;
 pub mod dictionary;
 pub mod entity;
 pub mod export;

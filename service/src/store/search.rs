@@ -28,7 +28,7 @@ use std::time::Duration;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
 
 use super::StoreError;
-use super::writer::{Writer, WriterDb};
+use super::writer::{Writer, WriterDb, WriterTxn};
 
 /// The advisory lock ingest transactions share and the indexer takes alone.
 pub const INGEST_BARRIER_LOCK: i64 = 0x7265_716c_6f67_2000;
@@ -186,10 +186,15 @@ async fn index_chunk_sqlite(db: &WriterDb, drop_removed: bool) -> Result<Chunk, 
     } else {
         0
     };
+    // The claims of as many rows, on the connection the writer holds (`claims`).
+    let claims_left = match &txn {
+        WriterTxn::Held(held) => super::claims::fold(held, chunk).await?,
+        WriterTxn::Pool(_) => false,
+    };
     txn.commit().await?;
     Ok(Chunk {
         inserted,
-        more: upto < last || removed == SQLITE_REMOVAL_ROWS,
+        more: upto < last || removed == SQLITE_REMOVAL_ROWS || claims_left,
     })
 }
 

@@ -80,7 +80,8 @@ pub fn bind_value(value: Value) -> Result<rusqlite::types::Value, DbErr> {
 /// An SQLite database file's connection that the writer holds for its whole life (see the
 /// module comment), configured as the writer's sqlx pool is: WAL, `synchronous=FULL` (a
 /// commit returns after its fsync), no automatic checkpoints (`store::checkpoint_forever`
-/// does them), a 64 MiB page cache.
+/// does them), a 64 MiB page cache, and the pending request-id claims in memory
+/// (`store::claims`).
 ///
 /// Its statements run on the calling thread: the writer calls it from a blocking thread.
 #[derive(Debug)]
@@ -117,6 +118,9 @@ impl HeldSqlite {
                  PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -65536; \
                  PRAGMA temp_store = memory; PRAGMA foreign_keys = ON;",
             )
+            .map_err(|error| exec_error(&error))?;
+        connection
+            .execute_batch(super::claims::CREATE_PENDING)
             .map_err(|error| exec_error(&error))?;
         Ok(Self {
             connection: Mutex::new(connection),

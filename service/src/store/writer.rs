@@ -22,6 +22,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::StoreError;
+use super::claims::Claim;
 use super::dictionary::{Dictionary, Ids};
 use super::entity::{log_entry, request_id};
 use super::sqlite::{HeldSqlite, HeldTxn};
@@ -560,13 +561,11 @@ pub const GROUP_LOOKUP_SQL: &str = r#"
     UNION ALL
     SELECT 3, 0, NULL, nextval('log_entries_id_seq') FROM generate_series(1, $3)"#;
 
-/// SQLite: [`GROUP_LOOKUP_SQL`]'s first two parts over `json_each` (`key` is 0-based), a
-/// primary-key lookup per JSON element; ids come from `log_id_sequence` once the group knows
-/// how many it stores. Under unary ingest (groups of 34 records) the chains of `OR`ed
-/// conditions these replaced took 0.73 ms of each group's 3.2 ms transaction; as JSON joins
-/// 0.29 ms.
-pub const SQLITE_GROUP_LOOKUP_SQL: &str = r#"
-    SELECT 1 AS kind, w.key + 1 AS n, NULL AS day, NULL AS log_id FROM json_each(?) AS w
+/// The text of [`SQLITE_GROUP_LOOKUP_SQL`], which [`SQLITE_HELD_GROUP_LOOKUP_SQL`] extends.
+macro_rules! sqlite_group_lookup_sql {
+    () => {
+        r#"
+    SELECT 1 AS kind, w.key + 1 AS n, NULL AS day, NULL AS log_id FROM json_each(?1) AS w
     WHERE EXISTS (
         SELECT 1 FROM api_keys k
         WHERE k.account_id = w.value ->> 0
@@ -574,11 +573,34 @@ pub const SQLITE_GROUP_LOOKUP_SQL: &str = r#"
           AND k.deleted_at IS NOT NULL
     )
     UNION ALL
-    SELECT 2, w.key + 1, r.day, r.log_id FROM json_each(?) AS w
+    SELECT 2, w.key + 1, r.day, r.log_id FROM json_each(?2) AS w
     JOIN request_ids r
       ON r.day = w.value ->> 0
      AND r.account_no = w.value ->> 1
-     AND r.request_key = unhex(w.value ->> 2)"#;
+     AND r.request_key = unhex(w.value ->> 2)"#
+    };
+}
+
+/// SQLite: [`GROUP_LOOKUP_SQL`]'s first two parts over `json_each` (`key` is 0-based), a
+/// primary-key lookup per JSON element; ids come from `log_id_sequence` once the group knows
+/// how many it stores. Under unary ingest (groups of 34 records) the chains of `OR`ed
+/// conditions these replaced took 0.73 ms of each group's 3.2 ms transaction; as JSON joins
+/// 0.29 ms.
+pub const SQLITE_GROUP_LOOKUP_SQL: &str = sqlite_group_lookup_sql!();
+
+/// [`SQLITE_GROUP_LOOKUP_SQL`] on the connection the writer holds, whose newest claims are
+/// still pending in memory (`store::claims`): each request-id probe also reads
+/// `temp.pending_request_ids`.
+pub const SQLITE_HELD_GROUP_LOOKUP_SQL: &str = concat!(
+    sqlite_group_lookup_sql!(),
+    r#"
+    UNION ALL
+    SELECT 2, w.key + 1, p.day, p.log_id FROM json_each(?2) AS w
+    JOIN temp.pending_request_ids p
+      ON p.day = w.value ->> 0
+     AND p.account_no = w.value ->> 1
+     AND p.request_key = unhex(w.value ->> 2)"#
+);
 
 /// What the group decided for one record before ids exist.
 #[derive(Debug, Clone, Copy)]
@@ -597,6 +619,14 @@ async fn commit_group(
 ) -> Result<Vec<IngestOutcome>, StoreError> {
     let txn = db.begin_write().await?;
     let backend = txn.get_database_backend();
+    // SQLite's connection the writer holds keeps the newest claims in memory.
+    let held = match &txn {
+        WriterTxn::Held(held) => Some(held),
+        WriterTxn::Pool(_) => None,
+    };
+    if let Some(held) = held {
+        super::claims::sync(held).await?;
+    }
 
     // Ordered against a purge's mark on every replica (PostgreSQL; a no-op on SQLite).
     let keys = entries
@@ -626,7 +656,7 @@ async fn commit_group(
         deleted,
         existing,
         reserved,
-    } = look_up(&txn, entries, &account_nos).await?;
+    } = look_up(&txn, entries, &account_nos, held.is_some()).await?;
 
     // Decide each record in order, so a repeated request_id inside the group is a duplicate
     // of its first occurrence.
@@ -660,14 +690,30 @@ async fn commit_group(
         .filter(|&i| matches!(decisions[i], Decision::Store))
         .collect();
     let ids = reserve_ids(&txn, backend, to_store.len(), reserved).await?;
+    let last_id = ids.last().copied();
     let mut assigned: HashMap<usize, i64> = to_store.iter().copied().zip(ids).collect();
 
-    // Claim the request ids first: a claim lost to another replica makes the record a
-    // duplicate before its row is written (the unique key, not a check-then-insert, decides).
-    let lost = claim_request_ids(&txn, entries, &assigned, &account_nos).await?;
-    for (index, log_id) in lost {
-        assigned.remove(&index);
-        decisions[index] = Decision::Duplicate(log_id);
+    let claims = claims_of(entries, &assigned, &account_nos);
+    match (held, last_id) {
+        // The writer's SQLite connection: a small group's claims wait in memory (its
+        // lookups saw every claim, so none conflicts).
+        (Some(held), Some(last_id)) if claims.len() < super::claims::PENDING_GROUP_CLAIMS => {
+            let claims: Vec<_> = claims.iter().map(|&(_, claim)| claim).collect();
+            super::claims::add(held, &claims, last_id).await?;
+        }
+        (Some(_), None) => {}
+        // Claim the request ids first: a claim lost to another replica makes the record a
+        // duplicate before its row is written (the unique key, not a check-then-insert,
+        // decides).
+        _ => {
+            for (index, log_id) in claim_request_ids(&txn, &claims).await? {
+                assigned.remove(&index);
+                decisions[index] = Decision::Duplicate(log_id);
+            }
+            if let (Some(held), Some(last_id)) = (held, last_id) {
+                super::claims::covered(held, last_id).await?;
+            }
+        }
     }
 
     let stored_agents = assigned
@@ -735,6 +781,7 @@ async fn look_up<'a>(
     txn: &impl ConnectionTrait,
     entries: &[&'a NewLogEntry],
     account_nos: &[i64],
+    pending: bool,
 ) -> Result<Found<'a>, StoreError> {
     let keys: HashSet<(&str, &str)> = entries
         .iter()
@@ -772,7 +819,11 @@ async fn look_up<'a>(
         ),
         _ => Statement::from_sql_and_values(
             backend,
-            SQLITE_GROUP_LOOKUP_SQL,
+            if pending {
+                SQLITE_HELD_GROUP_LOOKUP_SQL
+            } else {
+                SQLITE_GROUP_LOOKUP_SQL
+            },
             [keys_json.into(), probes_json.into()],
         ),
     };
@@ -869,32 +920,36 @@ async fn reserve_ids(
     }
 }
 
-/// Inserts the request ids of the records to store; returns those another writer claimed
-/// first (index, the other writer's log id). Only replicas racing on PostgreSQL lose claims.
-async fn claim_request_ids(
-    txn: &impl ConnectionTrait,
+/// The claims of the records to store that carry a request id, each with its record's
+/// position, in key order: two PostgreSQL replicas claiming the same keys then wait for
+/// each other instead of each holding one the other wants (a deadlock, which fails a group).
+fn claims_of(
     entries: &[&NewLogEntry],
     assigned: &HashMap<usize, i64>,
     account_nos: &[i64],
-) -> Result<Vec<(usize, i64)>, StoreError> {
-    // (index, day, account number, key, log id)
-    let mut claims: Vec<(usize, i64, i64, RequestKey, i64)> = assigned
+) -> Vec<(usize, Claim)> {
+    let mut claims: Vec<(usize, Claim)> = assigned
         .iter()
         .filter_map(|(&index, &log_id)| {
             let entry = entries[index];
             let rid = entry.request_key?;
             Some((
                 index,
-                day_of(entry.ts_micros),
-                account_nos[index],
-                rid,
-                log_id,
+                (day_of(entry.ts_micros), account_nos[index], rid, log_id),
             ))
         })
         .collect();
-    // In key order: two PostgreSQL replicas claiming the same keys then wait for each other
-    // instead of each holding one the other wants (a deadlock, which fails a group).
-    claims.sort_unstable_by_key(|&(_, day, account, key, _)| (day, account, key));
+    claims.sort_unstable_by_key(|&(_, (day, account, key, _))| (day, account, key));
+    claims
+}
+
+/// Inserts `claims` (see [`claims_of`]) into `request_ids`; returns those another writer
+/// claimed first (position, the other writer's log id). Only replicas racing on PostgreSQL
+/// lose claims.
+async fn claim_request_ids(
+    txn: &impl ConnectionTrait,
+    claims: &[(usize, Claim)],
+) -> Result<Vec<(usize, i64)>, StoreError> {
     let mut lost = Vec::new();
     for chunk in claims.chunks(INSERT_CHUNK_ROWS) {
         let mut insert = Query::insert();
@@ -916,7 +971,7 @@ async fn claim_request_ids(
                 .to_owned(),
             )
             .returning_col(request_id::Column::LogId);
-        for &(_, day, account, rid, log_id) in chunk {
+        for &(_, (day, account, rid, log_id)) in chunk {
             insert
                 .values([
                     day.into(),
@@ -936,7 +991,7 @@ async fn claim_request_ids(
             .iter()
             .map(|row| row.try_get::<i64>("", "log_id"))
             .collect::<Result<_, _>>()?;
-        for &(index, day, account, rid, log_id) in chunk {
+        for &(index, (day, account, rid, log_id)) in chunk {
             if claimed.contains(&log_id) {
                 continue;
             }
