@@ -2,7 +2,8 @@
 //! until the search indexer's chunks copy them into `request_ids`.
 //!
 //! A group's claims had dirtied one random page of `request_ids` per record, each written to
-//! the WAL at the group's commit (skipping the claims outright measured +10% unary ingest).
+//! the WAL at the group's commit (skipping the claims outright had measured +10% unary
+//! ingest; keeping them here, +4% to +32% in five alternating pairs, BENCHMARKS.md).
 //! They now go into `temp.pending_request_ids` on the connection the writer holds: a
 //! temporary table (`temp_store = memory`) that takes part in that connection's
 //! transactions, so a group that rolls back leaves no claim there, and that costs no WAL
@@ -44,8 +45,8 @@ pub const CREATE_PENDING: &str = "
 
 /// Claims from which a group writes them into `request_ids` itself. A large group's claims
 /// fill most of the pages they fall on anyway, and keeping them in memory only added work:
-/// batch ingest (groups of ~4,000) measured 12% slower with every claim pending, while
-/// unary ingest (groups of ~34) gained 6%.
+/// batch ingest (groups of ~4,000) measured 10–14% slower with every claim pending, while
+/// unary ingest (groups of ~34) gained (median +9% in five alternating pairs, BENCHMARKS.md).
 pub const PENDING_GROUP_CLAIMS: usize = 256;
 
 /// One claim: (day, account number, request key, log id).
