@@ -57,8 +57,9 @@ const INSERT_CHUNK: usize = 1_000;
 
 /// Adds the claims of rows stored since the pending table last covered the sequence,
 /// without this connection: every row, when the connection has just opened. Call it at
-/// the start of each write transaction that reads or moves claims.
-pub async fn sync(txn: &HeldTxn) -> Result<(), StoreError> {
+/// the start of each write transaction that reads or moves claims. Returns the last id the
+/// pending table now covers (the sequence's).
+pub async fn sync(txn: &HeldTxn) -> Result<i64, StoreError> {
     let row = txn
         .query_one(Statement::from_string(
             DbBackend::Sqlite,
@@ -74,7 +75,7 @@ pub async fn sync(txn: &HeldTxn) -> Result<(), StoreError> {
         None => (0, 0),
     };
     if last == known {
-        return Ok(());
+        return Ok(last);
     }
     if last > known {
         let rows = txn
@@ -98,37 +99,22 @@ pub async fn sync(txn: &HeldTxn) -> Result<(), StoreError> {
         // Another process's chunk may have copied some of them already: kept once.
         insert(txn, &claims, "INSERT OR IGNORE").await?;
     }
-    set_known(txn, last).await
+    covered(txn, last).await?;
+    Ok(last)
 }
 
-/// Adds a group's claims, whose rows the same transaction stores with ids up to `last`
-/// (the sequence's value after the group took its ids).
-pub async fn add(txn: &HeldTxn, claims: &[Claim], last: i64) -> Result<(), StoreError> {
+/// Adds a group's claims; the group then records the ids it took ([`covered`]).
+pub async fn add(txn: &HeldTxn, claims: &[Claim]) -> Result<(), StoreError> {
     // A plain INSERT: the group looked every key up in both tables, so a conflict is a
     // bug, and failing the group is better than storing a row whose claim is not kept.
-    insert(txn, claims, "INSERT").await?;
-    set_known(txn, last).await
+    insert(txn, claims, "INSERT").await
 }
 
 /// Copies the claims of the next `rows` ids after [`CLAIMED_THROUGH`] into `request_ids`,
 /// in key order, and forgets them; returns whether more are pending.
 pub async fn fold(txn: &HeldTxn, rows: i64) -> Result<bool, StoreError> {
-    sync(txn).await?;
-    let row = txn
-        .query_one(Statement::from_sql_and_values(
-            DbBackend::Sqlite,
-            "SELECT COALESCE((SELECT CAST(value AS INTEGER) FROM settings WHERE name = ?), 0) \
-             AS claimed, (SELECT known FROM temp.pending_state) AS known",
-            [CLAIMED_THROUGH.into()],
-        ))
-        .await?;
-    let (claimed, known) = match row {
-        Some(row) => (
-            row.try_get::<i64>("", "claimed")?,
-            row.try_get::<Option<i64>>("", "known")?.unwrap_or(0),
-        ),
-        None => (0, 0),
-    };
+    let known = sync(txn).await?;
+    let claimed = super::settings::integer(txn, CLAIMED_THROUGH).await?;
     let upto = claimed.max(claimed.saturating_add(rows).min(known));
     // Also when `upto` is not past `claimed`: claims another process copied may still be
     // pending here.
@@ -164,13 +150,9 @@ pub async fn prune(txn: &HeldTxn, account_no: i64, before_day: i64) -> Result<()
     Ok(())
 }
 
-/// Records that the pending claims cover the rows up to `last`, after a group that wrote
-/// its claims into `request_ids` itself.
+/// Records that the pending claims cover the rows up to `last`: those a group stored with
+/// the ids it took, whether it claimed them here ([`add`]) or in `request_ids` itself.
 pub async fn covered(txn: &HeldTxn, last: i64) -> Result<(), StoreError> {
-    set_known(txn, last).await
-}
-
-async fn set_known(txn: &HeldTxn, last: i64) -> Result<(), StoreError> {
     txn.execute(Statement::from_sql_and_values(
         DbBackend::Sqlite,
         "UPDATE temp.pending_state SET known = ?",
@@ -244,9 +226,8 @@ mod tests {
     /// What a group does for a record it stores: the row, and its claim pending.
     async fn group_stores(txn: &HeldTxn, id: i64, account_no: i64, day: i64) {
         store_row(txn, id, account_no, day).await;
-        add(txn, &[claim(id, account_no, day)], id)
-            .await
-            .expect("add");
+        add(txn, &[claim(id, account_no, day)]).await.expect("add");
+        covered(txn, id).await.expect("covered");
     }
 
     fn claim(id: i64, account_no: i64, day: i64) -> Claim {
@@ -302,7 +283,8 @@ mod tests {
         for &(day, account_no, _, id) in &claims {
             store_row(&txn, id, account_no, day).await;
         }
-        add(&txn, &claims, 3).await.expect("add");
+        add(&txn, &claims).await.expect("add");
+        covered(&txn, 3).await.expect("covered");
         txn.commit().expect("commit");
         // Nothing written to the file.
         assert_eq!(test_count(&db, "request_ids").await, 0);
@@ -459,7 +441,7 @@ mod tests {
             claim(4, 1, 99),
         ];
         let txn = held.begin().expect("begin");
-        add(&txn, &claims, 4).await.expect("add");
+        add(&txn, &claims).await.expect("add");
         prune(&txn, 1, 100).await.expect("prune");
         assert_eq!(pending(&txn).await, vec![claims[2], claims[1]]);
     }

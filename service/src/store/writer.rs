@@ -694,14 +694,13 @@ async fn commit_group(
     let mut assigned: HashMap<usize, i64> = to_store.iter().copied().zip(ids).collect();
 
     let claims = claims_of(entries, &assigned, &account_nos);
-    match (held, last_id) {
+    match held {
         // The writer's SQLite connection: a small group's claims wait in memory (its
         // lookups saw every claim, so none conflicts).
-        (Some(held), Some(last_id)) if claims.len() < super::claims::PENDING_GROUP_CLAIMS => {
+        Some(held) if claims.len() < super::claims::PENDING_GROUP_CLAIMS => {
             let claims: Vec<_> = claims.iter().map(|&(_, claim)| claim).collect();
-            super::claims::add(held, &claims, last_id).await?;
+            super::claims::add(held, &claims).await?;
         }
-        (Some(_), None) => {}
         // Claim the request ids first: a claim lost to another replica makes the record a
         // duplicate before its row is written (the unique key, not a check-then-insert,
         // decides).
@@ -710,10 +709,10 @@ async fn commit_group(
                 assigned.remove(&index);
                 decisions[index] = Decision::Duplicate(log_id);
             }
-            if let (Some(held), Some(last_id)) = (held, last_id) {
-                super::claims::covered(held, last_id).await?;
-            }
         }
+    }
+    if let (Some(held), Some(last_id)) = (held, last_id) {
+        super::claims::covered(held, last_id).await?;
     }
 
     let stored_agents = assigned
