@@ -18,7 +18,7 @@
 //! Only claims of rows a purge deleted before a chunk copied them are not restored after a
 //! restart: their key is marked deleted, so records for it are refused anyway.
 
-use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, Value};
 
 use super::StoreError;
 use super::sqlite::HeldTxn;
@@ -60,6 +60,13 @@ const INSERT_CHUNK: usize = 1_000;
 /// the start of each write transaction that reads or moves claims. Returns the last id the
 /// pending table now covers (the sequence's).
 pub async fn sync(txn: &HeldTxn) -> Result<i64, StoreError> {
+    // The filter of stored ids: taken into use once built, built again once full. A build
+    // starts with the claims pending here, which its snapshot of `request_ids` cannot see.
+    let seen = txn.seen();
+    seen.refresh();
+    if seen.wants_build() {
+        seen.build(pending_keys(txn).await?);
+    }
     let row = txn
         .query_one(Statement::from_string(
             DbBackend::Sqlite,
@@ -98,6 +105,9 @@ pub async fn sync(txn: &HeldTxn) -> Result<i64, StoreError> {
         }
         // Another process's chunk may have copied some of them already: kept once.
         insert(txn, &claims, "INSERT OR IGNORE").await?;
+        for (_, account_no, key, _) in &claims {
+            seen.remember(*account_no, key);
+        }
     }
     covered(txn, last).await?;
     Ok(last)
@@ -107,7 +117,11 @@ pub async fn sync(txn: &HeldTxn) -> Result<i64, StoreError> {
 pub async fn add(txn: &HeldTxn, claims: &[Claim]) -> Result<(), StoreError> {
     // A plain INSERT: the group looked every key up in both tables, so a conflict is a
     // bug, and failing the group is better than storing a row whose claim is not kept.
-    insert(txn, claims, "INSERT").await
+    insert(txn, claims, "INSERT").await?;
+    for (_, account_no, key, _) in claims {
+        txn.seen().remember(*account_no, key);
+    }
+    Ok(())
 }
 
 /// Copies the claims of the next `rows` ids after [`CLAIMED_THROUGH`] into `request_ids`,
@@ -162,6 +176,28 @@ pub async fn covered(txn: &HeldTxn, last: i64) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The (account number, key) of every pending claim.
+async fn pending_keys(txn: &HeldTxn) -> Result<Vec<(i64, RequestKey)>, StoreError> {
+    let rows = txn
+        .query_all(Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT account_no, request_key FROM temp.pending_request_ids",
+        ))
+        .await?;
+    let mut keys = Vec::with_capacity(rows.len());
+    for row in rows {
+        let key: Vec<u8> = row.try_get("", "request_key")?;
+        let key = RequestKey::try_from(key.as_slice()).map_err(|_| {
+            StoreError::Database(DbErr::Custom(format!(
+                "a pending request key of {} bytes",
+                key.len()
+            )))
+        })?;
+        keys.push((row.try_get("", "account_no")?, key));
+    }
+    Ok(keys)
+}
+
 async fn insert(txn: &HeldTxn, claims: &[Claim], verb: &str) -> Result<(), StoreError> {
     for chunk in claims.chunks(INSERT_CHUNK) {
         let mut sql = format!(
@@ -198,6 +234,7 @@ mod tests {
     use sea_orm::DatabaseConnection;
 
     use super::*;
+    use crate::store::seen::SeenIds;
     use crate::store::sqlite::{HeldSqlite, file};
     use crate::store::test_count;
 
@@ -388,6 +425,39 @@ mod tests {
             stored(&db, "request_ids").await,
             sorted(vec![claim(1, 1, 100), claim(2, 1, 100)])
         );
+    }
+
+    #[tokio::test]
+    async fn the_filter_of_stored_ids_learns_every_claim_made_or_read_back() {
+        let (_dir, db) = crate::store::test_database().await;
+        let held = held(&db).await;
+        let txn = held.begin().expect("begin");
+        sync(&txn).await.expect("the first sync starts a build");
+        assert!(txn.seen().finish_build());
+        group_stores(&txn, 1, 1, 100).await;
+        txn.commit().expect("commit");
+        store_row(&db, 2, 7, 100).await;
+        let txn = held.begin().expect("begin");
+        sync(&txn).await.expect("sync");
+        let may_hold = |id: i64, account_no: i64| {
+            txn.seen()
+                .may_hold(account_no, &request_key(&format!("r{id}")))
+        };
+        assert!(may_hold(1, 1), "claimed by a group");
+        assert!(may_hold(2, 7), "read back from another process's row");
+        assert!(!may_hold(2, 1) && !may_hold(3, 1), "never claimed");
+
+        // A new filter starts with the claims pending in memory: they are in no table.
+        let path = file(&db).await.expect("file").expect("a file");
+        let rebuilt = SeenIds::new(path);
+        rebuilt.build(pending_keys(&txn).await.expect("pending keys"));
+        assert!(rebuilt.finish_build());
+        for (id, account_no) in [(1, 1), (2, 7)] {
+            assert!(
+                rebuilt.may_hold(account_no, &request_key(&format!("r{id}"))),
+                "r{id}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@ pub mod entity;
 pub mod export;
 pub mod logs;
 pub mod search;
+pub mod seen;
 pub mod settings;
 pub mod sqlite;
 pub mod usage;

@@ -24,6 +24,7 @@ use sea_orm::{
 };
 
 use super::StoreError;
+use super::seen::SeenIds;
 
 /// How long the writer's connection waits for SQLite's write lock (as sqlx's pools do).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -80,13 +81,15 @@ pub fn bind_value(value: Value) -> Result<rusqlite::types::Value, DbErr> {
 /// An SQLite database file's connection that the writer holds for its whole life (see the
 /// module comment), configured as the writer's sqlx pool is: WAL, `synchronous=FULL` (a
 /// commit returns after its fsync), no automatic checkpoints (`store::checkpoint_forever`
-/// does them), a 64 MiB page cache, and the pending request-id claims in memory
-/// (`store::claims`).
+/// does them), a 64 MiB page cache, the pending request-id claims in memory
+/// (`store::claims`) and a filter of the request ids the file holds (`store::seen`).
 ///
 /// Its statements run on the calling thread: the writer calls it from a blocking thread.
 #[derive(Debug)]
 pub struct HeldSqlite {
     connection: Mutex<rusqlite::Connection>,
+    /// The request ids the file holds, as a filter (`store::seen`).
+    seen: SeenIds,
 }
 
 impl HeldSqlite {
@@ -124,6 +127,7 @@ impl HeldSqlite {
             .map_err(|error| exec_error(&error))?;
         Ok(Self {
             connection: Mutex::new(connection),
+            seen: SeenIds::new(file.to_path_buf()),
         })
     }
 
@@ -208,6 +212,11 @@ pub struct HeldTxn {
 }
 
 impl HeldTxn {
+    /// The filter of the request ids the connection's file holds.
+    pub fn seen(&self) -> &SeenIds {
+        &self.held.seen
+    }
+
     /// Commits; it returns after the fsync (`synchronous=FULL`).
     pub fn commit(mut self) -> Result<(), StoreError> {
         self.open = false;

@@ -25,6 +25,7 @@ use super::StoreError;
 use super::claims::Claim;
 use super::dictionary::{Dictionary, Ids};
 use super::entity::{log_entry, request_id};
+use super::seen::SeenIds;
 use super::sqlite::{HeldSqlite, HeldTxn};
 use crate::domain::ip::to_hex;
 use crate::domain::record::{NewLogEntry, RequestKey};
@@ -656,7 +657,7 @@ async fn commit_group(
         deleted,
         existing,
         reserved,
-    } = look_up(&txn, entries, &account_nos, held.is_some()).await?;
+    } = look_up(&txn, entries, &account_nos, held.map(|held| held.seen())).await?;
 
     // Decide each record in order, so a repeated request_id inside the group is a duplicate
     // of its first occurrence.
@@ -708,6 +709,11 @@ async fn commit_group(
             for (index, log_id) in claim_request_ids(&txn, &claims).await? {
                 assigned.remove(&index);
                 decisions[index] = Decision::Duplicate(log_id);
+            }
+            if let Some(held) = held {
+                for &(_, (_, account_no, key, _)) in &claims {
+                    held.seen().remember(account_no, &key);
+                }
             }
         }
     }
@@ -775,12 +781,14 @@ struct Found<'a> {
 }
 
 /// Looks up the group's purged keys and stored request ids (and, on PostgreSQL, reserves
-/// its ids) in one statement, whose probes go in as JSON arrays.
+/// its ids) in one statement, whose probes go in as JSON arrays. On the connection the
+/// writer holds (`seen`), the newest claims are pending in memory, and only the ids the
+/// filter of stored ids may hold are probed.
 async fn look_up<'a>(
     txn: &impl ConnectionTrait,
     entries: &[&'a NewLogEntry],
     account_nos: &[i64],
-    pending: bool,
+    seen: Option<&SeenIds>,
 ) -> Result<Found<'a>, StoreError> {
     let keys: HashSet<(&str, &str)> = entries
         .iter()
@@ -796,6 +804,9 @@ async fn look_up<'a>(
         let Some(rid) = entry.request_key else {
             continue;
         };
+        if seen.is_some_and(|seen| !seen.may_hold(number, &rid)) {
+            continue;
+        }
         let day = day_of(entry.ts_micros);
         let hex = to_hex(&rid);
         for probe_day in [day - 1, day, day + 1] {
@@ -818,7 +829,7 @@ async fn look_up<'a>(
         ),
         _ => Statement::from_sql_and_values(
             backend,
-            if pending {
+            if seen.is_some() {
                 SQLITE_HELD_GROUP_LOOKUP_SQL
             } else {
                 SQLITE_GROUP_LOOKUP_SQL
