@@ -95,8 +95,8 @@ impl Filter {
 struct Building {
     /// Claims made or read back since the build started: the snapshot may not hold them.
     since: Vec<(i64, RequestKey)>,
-    /// The built filter, or why none was built.
-    result: Receiver<Result<Filter, String>>,
+    /// The built filter and how long reading it took, or why none was built.
+    result: Receiver<Result<(Filter, Duration), String>>,
 }
 
 impl SeenIds {
@@ -145,7 +145,10 @@ impl SeenIds {
             .name("reqlog-seen-ids".into())
             .spawn(move || {
                 // The writer may have stopped waiting; then nobody needs the filter.
-                let built = read_filter(file, min_capacity).map_err(|error| error.to_string());
+                let started = Instant::now();
+                let built = read_filter(file, min_capacity)
+                    .map(|filter| (filter, started.elapsed()))
+                    .map_err(|error| error.to_string());
                 let _ = sender.send(built);
             });
         if let Err(error) = spawned {
@@ -170,13 +173,14 @@ impl SeenIds {
             return;
         };
         match built {
-            Ok(mut filter) => {
+            Ok((mut filter, took)) => {
                 for (account_no, key) in &building.since {
                     filter.insert(*account_no, key);
                 }
-                tracing::debug!(
+                tracing::info!(
                     held = filter.held,
                     capacity = filter.capacity,
+                    seconds = took.as_secs_f64(),
                     "request-id filter built"
                 );
                 state.ready = Some(filter);
