@@ -115,9 +115,10 @@ pub async fn sync(txn: &HeldTxn) -> Result<i64, StoreError> {
 
 /// Adds a group's claims; the group then records the ids it took ([`covered`]).
 pub async fn add(txn: &HeldTxn, claims: &[Claim]) -> Result<(), StoreError> {
-    // A plain INSERT: the group looked every key up in both tables, so a conflict is a
-    // bug, and failing the group is better than storing a row whose claim is not kept.
-    insert(txn, claims, "INSERT").await?;
+    // No conflict clause for the key: the group looked every key up (or knew it new), so a
+    // conflict is a bug, and failing the group is better than storing a row whose claim is
+    // not kept. `OR FAIL` keeps no statement journal (see `writer::without_statement_journal`).
+    insert(txn, claims, "INSERT OR FAIL").await?;
     for (_, account_no, key, _) in claims {
         txn.seen().remember(*account_no, key);
     }
