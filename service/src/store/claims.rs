@@ -57,8 +57,9 @@ const INSERT_CHUNK: usize = 1_000;
 
 /// Adds the claims of rows stored since the pending table last covered the sequence,
 /// without this connection: every row, when the connection has just opened. Call it at
-/// the start of each write transaction that reads or moves claims. Returns the last id the
-/// pending table now covers (the sequence's).
+/// the start of each write transaction that reads or moves claims. It also takes a built
+/// filter of stored ids into use and starts the next build when one is due. Returns the
+/// last id the pending table now covers (the sequence's).
 pub async fn sync(txn: &HeldTxn) -> Result<i64, StoreError> {
     // The filter of stored ids: taken into use once built, built again once full. A build
     // starts with the claims pending here, which its snapshot of `request_ids` cannot see.
@@ -84,6 +85,7 @@ pub async fn sync(txn: &HeldTxn) -> Result<i64, StoreError> {
     if last == known {
         return Ok(last);
     }
+    let mut claims = Vec::new();
     if last > known {
         let rows = txn
             .query_all(Statement::from_sql_and_values(
@@ -93,7 +95,7 @@ pub async fn sync(txn: &HeldTxn) -> Result<i64, StoreError> {
                 [known.into(), last.into()],
             ))
             .await?;
-        let mut claims = Vec::with_capacity(rows.len());
+        claims.reserve(rows.len());
         for row in rows {
             let request_id: String = row.try_get("", "request_id")?;
             claims.push((
@@ -105,11 +107,8 @@ pub async fn sync(txn: &HeldTxn) -> Result<i64, StoreError> {
         }
         // Another process's chunk may have copied some of them already: kept once.
         insert(txn, &claims, "INSERT OR IGNORE").await?;
-        for (_, account_no, key, _) in &claims {
-            seen.remember(*account_no, key);
-        }
     }
-    covered(txn, last).await?;
+    covered(txn, &claims, last).await?;
     Ok(last)
 }
 
@@ -118,11 +117,7 @@ pub async fn add(txn: &HeldTxn, claims: &[Claim]) -> Result<(), StoreError> {
     // No conflict clause for the key: the group looked every key up (or knew it new), so a
     // conflict is a bug, and failing the group is better than storing a row whose claim is
     // not kept. `OR FAIL` keeps no statement journal (see `writer::without_statement_journal`).
-    insert(txn, claims, "INSERT OR FAIL").await?;
-    for (_, account_no, key, _) in claims {
-        txn.seen().remember(*account_no, key);
-    }
-    Ok(())
+    insert(txn, claims, "INSERT OR FAIL").await
 }
 
 /// Copies the claims of the next `rows` ids after [`CLAIMED_THROUGH`] into `request_ids`,
@@ -165,9 +160,15 @@ pub async fn prune(txn: &HeldTxn, account_no: i64, before_day: i64) -> Result<()
     Ok(())
 }
 
-/// Records that the pending claims cover the rows up to `last`: those a group stored with
-/// the ids it took, whether it claimed them here ([`add`]) or in `request_ids` itself.
-pub async fn covered(txn: &HeldTxn, last: i64) -> Result<(), StoreError> {
+/// Records that the pending claims cover the rows up to `last`, and tells the filter of
+/// stored ids (`store::seen`) the `claims` of those rows: a group's, whether it claimed them
+/// here ([`add`]) or in `request_ids` itself, or those [`sync`] read back.
+pub async fn covered(txn: &HeldTxn, claims: &[Claim], last: i64) -> Result<(), StoreError> {
+    txn.seen().remember(
+        claims
+            .iter()
+            .map(|&(_, account_no, key, _)| (account_no, key)),
+    );
     txn.execute(Statement::from_sql_and_values(
         DbBackend::Sqlite,
         "UPDATE temp.pending_state SET known = ?",
@@ -265,7 +266,9 @@ mod tests {
     async fn group_stores(txn: &HeldTxn, id: i64, account_no: i64, day: i64) {
         store_row(txn, id, account_no, day).await;
         add(txn, &[claim(id, account_no, day)]).await.expect("add");
-        covered(txn, id).await.expect("covered");
+        covered(txn, &[claim(id, account_no, day)], id)
+            .await
+            .expect("covered");
     }
 
     fn claim(id: i64, account_no: i64, day: i64) -> Claim {
@@ -322,7 +325,7 @@ mod tests {
             store_row(&txn, id, account_no, day).await;
         }
         add(&txn, &claims).await.expect("add");
-        covered(&txn, 3).await.expect("covered");
+        covered(&txn, &claims, 3).await.expect("covered");
         txn.commit().expect("commit");
         // Nothing written to the file.
         assert_eq!(test_count(&db, "request_ids").await, 0);
@@ -392,7 +395,9 @@ mod tests {
         sync(&txn).await.expect("sync");
         store_row(&txn, 1, 1, 100).await;
         insert_claimed(&txn, claim(1, 1, 100)).await;
-        covered(&txn, 1).await.expect("covered");
+        covered(&txn, &[claim(1, 1, 100)], 1)
+            .await
+            .expect("covered");
         sync(&txn).await.expect("sync");
         assert!(pending(&txn).await.is_empty());
     }

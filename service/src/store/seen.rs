@@ -194,15 +194,21 @@ impl SeenIds {
         }
     }
 
-    /// Records a claim that the database holds or is about to: made by a group (committed
-    /// or not: one that rolls back only leaves a "maybe" too many) or read back from rows.
-    pub fn remember(&self, account_no: i64, key: &RequestKey) {
+    /// Records claims, as (account number, key), that the database holds or is about to:
+    /// made by a group (committed or not: one that rolls back only leaves a "maybe" too
+    /// many) or read back from rows.
+    pub fn remember(&self, claims: impl IntoIterator<Item = (i64, RequestKey)>) {
         let mut state = self.state();
-        if let Some(filter) = state.ready.as_mut() {
-            filter.insert(account_no, key);
-        }
-        if let Some(building) = state.building.as_mut() {
-            building.since.push((account_no, *key));
+        let State {
+            ready, building, ..
+        } = &mut *state;
+        for (account_no, key) in claims {
+            if let Some(filter) = ready.as_mut() {
+                filter.insert(account_no, &key);
+            }
+            if let Some(building) = building.as_mut() {
+                building.since.push((account_no, key));
+            }
         }
     }
 
@@ -300,9 +306,9 @@ mod tests {
         stored_keys(&db, &[(1, "stored-1"), (2, "stored-2")]).await;
         seen.build(vec![(1, request_key("pending"))]);
         // Made while the build runs, maybe after its snapshot.
-        seen.remember(3, &request_key("meanwhile"));
+        seen.remember([(3, request_key("meanwhile"))]);
         assert!(seen.finish_build());
-        seen.remember(1, &request_key("after"));
+        seen.remember([(1, request_key("after"))]);
         for (account_no, request_id) in [
             (1, "stored-1"),
             (2, "stored-2"),
@@ -331,13 +337,12 @@ mod tests {
         seen.build(Vec::new());
         assert!(seen.finish_build());
         assert!(!seen.wants_build(), "2 of 4");
-        seen.remember(1, &request_key("c"));
-        seen.remember(1, &request_key("d"));
+        seen.remember([(1, request_key("c")), (1, request_key("d"))]);
         assert!(seen.wants_build(), "4 of 4");
         // Two more rows were stored meanwhile; the new filter is sized for all four.
         stored_keys(&db, &[(1, "c"), (1, "d")]).await;
         seen.build(Vec::new());
-        seen.remember(1, &request_key("e"));
+        seen.remember([(1, request_key("e"))]);
         assert!(seen.finish_build());
         let state = seen.state();
         let filter = state.ready.as_ref().expect("a filter");

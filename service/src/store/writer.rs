@@ -695,12 +695,12 @@ async fn commit_group(
     let mut assigned: HashMap<usize, i64> = to_store.iter().copied().zip(ids).collect();
 
     let claims = claims_of(entries, &assigned, &account_nos);
+    let group_claims: Vec<Claim> = claims.iter().map(|&(_, claim)| claim).collect();
     match held {
         // The writer's SQLite connection: a small group's claims wait in memory (its
         // lookups saw every claim, so none conflicts).
         Some(held) if claims.len() < super::claims::PENDING_GROUP_CLAIMS => {
-            let claims: Vec<_> = claims.iter().map(|&(_, claim)| claim).collect();
-            super::claims::add(held, &claims).await?;
+            super::claims::add(held, &group_claims).await?;
         }
         // Claim the request ids first: a claim lost to another replica makes the record a
         // duplicate before its row is written (the unique key, not a check-then-insert,
@@ -710,15 +710,10 @@ async fn commit_group(
                 assigned.remove(&index);
                 decisions[index] = Decision::Duplicate(log_id);
             }
-            if let Some(held) = held {
-                for &(_, (_, account_no, key, _)) in &claims {
-                    held.seen().remember(account_no, &key);
-                }
-            }
         }
     }
     if let (Some(held), Some(last_id)) = (held, last_id) {
-        super::claims::covered(held, last_id).await?;
+        super::claims::covered(held, &group_claims, last_id).await?;
     }
 
     let stored_agents = assigned
