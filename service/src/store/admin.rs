@@ -231,7 +231,7 @@ async fn delete_batch(
             txn.execute(Statement::from_sql_and_values(
                 DbBackend::Sqlite,
                 format!(
-                    r#"INSERT INTO log_search_removals (id, doc) SELECT "id", {} FROM log_entries WHERE {chosen} AND "id" <= ?"#,
+                    r#"INSERT OR FAIL INTO log_search_removals (id, doc) SELECT "id", {} FROM log_entries WHERE {chosen} AND "id" <= ?"#,
                     super::search::doc_sql(DbBackend::Sqlite)
                 ),
                 queue_values,

@@ -116,7 +116,7 @@ pub async fn sync(txn: &HeldTxn) -> Result<i64, StoreError> {
 pub async fn add(txn: &HeldTxn, claims: &[Claim]) -> Result<(), StoreError> {
     // No conflict clause for the key: the group looked every key up (or knew it new), so a
     // conflict is a bug, and failing the group is better than storing a row whose claim is
-    // not kept. `OR FAIL` keeps no statement journal (see `writer::without_statement_journal`).
+    // not kept. `OR FAIL` keeps no statement journal (see `sqlite::without_statement_journal`).
     insert(txn, claims, "INSERT OR FAIL").await
 }
 
@@ -128,8 +128,10 @@ pub async fn fold(txn: &HeldTxn, rows: i64) -> Result<bool, StoreError> {
     let upto = claimed.max(claimed.saturating_add(rows).min(known));
     // Also when `upto` is not past `claimed`: claims another process copied may still be
     // pending here.
+    // `OR FAIL`: the chunk's transaction rolls back whole on an error, so no statement
+    // journal (`sqlite::without_statement_journal`).
     for sql in [
-        "INSERT INTO request_ids (day, account_no, request_key, log_id) \
+        "INSERT OR FAIL INTO request_ids (day, account_no, request_key, log_id) \
          SELECT day, account_no, request_key, log_id FROM temp.pending_request_ids \
          WHERE log_id <= ? ORDER BY day, account_no, request_key ON CONFLICT DO NOTHING",
         "DELETE FROM temp.pending_request_ids WHERE log_id <= ?",

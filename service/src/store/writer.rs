@@ -26,7 +26,7 @@ use super::claims::Claim;
 use super::dictionary::{Dictionary, Ids};
 use super::entity::{log_entry, request_id};
 use super::seen::SeenIds;
-use super::sqlite::{HeldSqlite, HeldTxn};
+use super::sqlite::{HeldSqlite, HeldTxn, without_statement_journal};
 use crate::domain::ip::to_hex;
 use crate::domain::record::{NewLogEntry, RequestKey};
 use crate::domain::time::day_of;
@@ -1079,49 +1079,4 @@ async fn insert_rows(
         .await?;
     }
     Ok(())
-}
-
-/// SQLite: a multi-row INSERT that a constraint could abort halfway copies every page it
-/// changes into a statement journal first, to undo just that statement. A group never
-/// needs that, since any error rolls the whole transaction back, so its INSERTs say `OR
-/// FAIL`, which stops at the failing row and keeps no journal (an `ON CONFLICT` clause
-/// still decides uniqueness conflicts). Batch ingest gained 3–15% and unary ingest −1% to
-/// +16% in six alternating pairs each (BENCHMARKS.md); the journal's page copies had been
-/// ~3% of the server's samples under unary load.
-fn without_statement_journal(mut statement: Statement) -> Statement {
-    if statement.db_backend == DbBackend::Sqlite && statement.sql.starts_with("INSERT INTO ") {
-        statement
-            .sql
-            .replace_range(.."INSERT".len(), "INSERT OR FAIL");
-    }
-    statement
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sqlite_inserts_fail_without_a_statement_journal_and_others_are_left_alone() {
-        let sql = |backend, sql: &str| {
-            without_statement_journal(Statement::from_string(backend, sql.to_owned())).sql
-        };
-        assert_eq!(
-            sql(
-                DbBackend::Sqlite,
-                "INSERT INTO \"request_ids\" (\"day\") VALUES (1) ON CONFLICT (\"day\") DO NOTHING"
-            ),
-            "INSERT OR FAIL INTO \"request_ids\" (\"day\") VALUES (1) ON CONFLICT (\"day\") DO NOTHING"
-        );
-        for (backend, unchanged) in [
-            (
-                DbBackend::Postgres,
-                "INSERT INTO \"log_entries\" (\"id\") VALUES (1)",
-            ),
-            (DbBackend::Sqlite, "INSERT OR IGNORE INTO t (a) VALUES (1)"),
-            (DbBackend::Sqlite, "UPDATE t SET a = 1"),
-        ] {
-            assert_eq!(sql(backend, unchanged), unchanged);
-        }
-    }
 }
