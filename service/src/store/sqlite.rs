@@ -84,7 +84,7 @@ pub fn bind_value(value: Value) -> Result<rusqlite::types::Value, DbErr> {
 /// does them), a 64 MiB page cache, the pending request-id claims in memory
 /// (`store::claims`) and a filter of the request ids the file holds (`store::seen`).
 ///
-/// Its statements run on the calling thread: the writer calls it from a blocking thread.
+/// Its statements run on the calling thread: the writer calls it from a thread of its own.
 #[derive(Debug)]
 pub struct HeldSqlite {
     connection: Mutex<rusqlite::Connection>,

@@ -130,7 +130,8 @@ impl Writer {
     /// While `available` is false (the health check failed) jobs fail fast as unavailable.
     ///
     /// Ingest groups and [`Writer::write`]s run on `held` when given (an SQLite file: see
-    /// [`HeldSqlite`]), else on `db`; [`Writer::run`]s always get `db`.
+    /// [`HeldSqlite`]), inline on a thread the writer then has to itself, else on `db`;
+    /// [`Writer::run`]s always get `db`.
     pub fn spawn(
         db: DatabaseConnection,
         held: Option<HeldSqlite>,
@@ -149,14 +150,18 @@ impl Writer {
             Some(held) => WriterDb::Held(Arc::new(held)),
             None => WriterDb::Pool(db.clone()),
         };
-        let task = tokio::spawn(run(
-            db,
-            groups,
-            queue,
-            config,
-            available,
-            Arc::clone(&stats),
-        ));
+        let on_held = matches!(groups, WriterDb::Held(_));
+        let run = run(db, groups, queue, config, available, Arc::clone(&stats));
+        let task = if on_held {
+            // A thread of its own, where the held connection's statements run inline: as a
+            // task, each job went to a blocking thread and back, and the task then waited
+            // for a worker busy with gRPC; that was 14% of the writer's time under unary
+            // load (0.3 ms a job, BENCHMARKS.md).
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || runtime.block_on(run))
+        } else {
+            tokio::spawn(run)
+        };
         (
             Self {
                 jobs,
@@ -224,7 +229,7 @@ impl Writer {
     /// Runs one write transaction on the writer, ordered with ingest as [`Writer::run`], on
     /// the connection ingest groups use: on SQLite the one the writer holds (no pool
     /// checkout, no hop per statement, and no page cache dropped between the two), where
-    /// the write runs on a blocking thread and must do nothing but run statements on it
+    /// the write runs on the writer's own thread and must do nothing but run statements on it
     /// (its future must be ready when first polled; one that is not fails as if the writer
     /// had stopped).
     pub async fn write<T, F, Fut>(&self, write: F) -> Result<T, StoreError>
@@ -315,10 +320,7 @@ async fn run(
             continue;
         }
         match &groups {
-            WriterDb::Held(_) => {
-                let taken = std::mem::take(&mut dictionaries);
-                dictionaries = commit_held(groups.clone(), group, Arc::clone(&stats), taken).await;
-            }
+            WriterDb::Held(_) => commit_held(&groups, group, &stats, &mut dictionaries),
             WriterDb::Pool(_) => commit_and_answer(&groups, group, &stats, &mut dictionaries).await,
         }
     }
@@ -403,48 +405,44 @@ impl ConnectionTrait for WriterTxn {
     }
 }
 
-/// Runs a [`Writer::write`]: on the pool, as any task; on the held SQLite connection, on a
-/// blocking thread, where its statements run as they are polled.
+/// Runs a [`Writer::write`]: on the pool, as any task; on the held SQLite connection inline,
+/// on the writer's own thread, where its statements run as they are polled.
 async fn run_write(db: &WriterDb, write: Write) {
     match db {
         WriterDb::Pool(_) => write(db.clone()).await,
         WriterDb::Held(_) => {
-            let db = db.clone();
-            let work = tokio::task::spawn_blocking(move || {
-                if write(db).now_or_never().is_none() {
-                    tracing::error!("a write on the writer's SQLite connection did not complete");
-                }
-            });
-            if let Err(error) = work.await {
-                tracing::error!(%error, "a write's thread failed");
+            let done = contained(|| write(db.clone()).now_or_never());
+            if done.is_none() {
+                tracing::error!("a write on the writer's SQLite connection did not complete");
             }
         }
     }
 }
 
-/// Commits a group on the held SQLite connection and answers its callers, all in one call
-/// on a blocking thread: no statement waits for a hop to another thread. Returns the
-/// dictionaries' caches, which the call borrowed.
-async fn commit_held(
-    held: WriterDb,
+/// Commits a group on the held SQLite connection and answers its callers, inline on the
+/// writer's own thread: no statement waits for a hop to another thread.
+fn commit_held(
+    held: &WriterDb,
     group: Vec<IngestJob>,
-    stats: Arc<WriterStats>,
-    mut dictionaries: Dictionaries,
-) -> Dictionaries {
-    let work = tokio::task::spawn_blocking(move || {
-        // Every statement runs on this thread as it is polled, so the group's future is
-        // ready at its first poll; were it not, its callers would hear that the writer
-        // stopped (their replies dropped with it) rather than wait forever.
-        let done = commit_and_answer(&held, group, &stats, &mut dictionaries).now_or_never();
-        if done.is_none() {
-            tracing::error!("an ingest group on the writer's SQLite connection did not complete");
-        }
-        dictionaries
-    });
-    work.await.unwrap_or_else(|error| {
-        tracing::error!(%error, "an ingest group's thread failed");
-        Dictionaries::default()
-    })
+    stats: &WriterStats,
+    dictionaries: &mut Dictionaries,
+) {
+    // Every statement runs on this thread as it is polled, so the group's future is ready
+    // at its first poll; were it not, its callers would hear that the writer stopped (their
+    // replies dropped with it) rather than wait forever.
+    let done = contained(|| commit_and_answer(held, group, stats, dictionaries).now_or_never());
+    if done.is_none() {
+        tracing::error!("an ingest group on the writer's SQLite connection did not complete");
+        // A panic may have left a cache half-updated; the next group reads them again.
+        *dictionaries = Dictionaries::default();
+    }
+}
+
+/// Runs `work`, turning a panic into `None`, so that one job's bug fails its callers (their
+/// replies dropped: "the writer stopped") and not the writer. The held connection's open
+/// transaction, if any, was rolled back as its `HeldTxn` unwound.
+fn contained<T>(work: impl FnOnce() -> Option<T>) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or(None)
 }
 
 /// The writer's caches of the dictionaries' committed values.
@@ -1079,4 +1077,122 @@ async fn insert_rows(
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::ConnectionTrait;
+
+    use super::*;
+    use crate::domain::record::request_key;
+
+    fn entry(request_id: &str) -> NewLogEntry {
+        NewLogEntry {
+            account_id: "acct_writer".into(),
+            request_id: Some(request_id.into()),
+            request_key: Some(request_key(request_id)),
+            api_key_id: "key_1".into(),
+            api_key_name: "Production".into(),
+            api_key_prefix: "sk_live_".into(),
+            method: "GET",
+            endpoint: "/v1/models".into(),
+            query_params: None,
+            status_code: 200,
+            error_code: None,
+            ip_hash: vec![7; 32],
+            user_agent: "curl/8".into(),
+            duration_ms: 12,
+            ts_micros: crate::domain::time::now_micros(),
+        }
+    }
+
+    /// A writer on the connection it holds, as the server runs an SQLite file.
+    async fn held_writer() -> (
+        tempfile::TempDir,
+        DatabaseConnection,
+        Writer,
+        JoinHandle<()>,
+    ) {
+        let (dir, db) = crate::store::test_database().await;
+        let file = super::super::sqlite::file(&db).await.unwrap().unwrap();
+        let held = HeldSqlite::open(file).await.unwrap();
+        let (writer, task) = Writer::spawn(
+            db.clone(),
+            Some(held),
+            WriterConfig::default(),
+            Arc::new(AtomicBool::new(true)),
+        );
+        (dir, db, writer, task)
+    }
+
+    async fn rows(db: &DatabaseConnection) -> i64 {
+        db.query_one(Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT COUNT(*) AS n FROM log_entries",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get("", "n")
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writers_own_thread_runs_groups_writes_and_pool_tasks_in_queue_order() {
+        let (_dir, db, writer, task) = held_writer().await;
+        let stored = writer.ingest(vec![entry("r1"), entry("r2")]).await.unwrap();
+        assert!(matches!(
+            stored[..],
+            [IngestOutcome::Stored(_), IngestOutcome::Stored(_)]
+        ));
+        // A write on the held connection sees what the group before it committed.
+        let counted = writer
+            .write(|db| async move {
+                let txn = db.begin_write().await?;
+                let row = txn
+                    .query_one(Statement::from_string(
+                        DbBackend::Sqlite,
+                        "SELECT COUNT(*) AS n FROM log_entries",
+                    ))
+                    .await?;
+                Ok(row.map(|row| row.try_get::<i64>("", "n")).transpose()?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(counted, Some(2));
+        // A task on the pool (sqlx, driven from that thread) too.
+        let pooled = writer.run(|db| async move { Ok(rows(&db).await) }).await;
+        assert_eq!(pooled.unwrap(), 2);
+        let again = writer.ingest(vec![entry("r1")]).await.unwrap();
+        assert!(matches!(again[..], [IngestOutcome::Duplicate(_)]));
+        drop(writer);
+        task.await.expect("the writer ends when its queue closes");
+        assert_eq!(rows(&db).await, 2);
+    }
+
+    #[tokio::test]
+    async fn a_job_that_panics_fails_its_caller_and_the_writer_goes_on() {
+        let (_dir, db, writer, task) = held_writer().await;
+        writer.ingest(vec![entry("before")]).await.unwrap();
+        let failed = writer
+            .write(|db| async move {
+                let txn = db.begin_write().await?;
+                txn.execute_unprepared("DELETE FROM log_entries").await?;
+                if txn.get_database_backend() == DbBackend::Sqlite {
+                    panic!("a bug in a job");
+                }
+                txn.commit().await
+            })
+            .await;
+        assert!(
+            matches!(failed, Err(StoreError::WriterStopped)),
+            "{failed:?}"
+        );
+        // The held connection's transaction was rolled back, and the next group runs.
+        let stored = writer.ingest(vec![entry("after")]).await.unwrap();
+        assert!(matches!(stored[..], [IngestOutcome::Stored(_)]));
+        drop(writer);
+        task.await.expect("the writer ends when its queue closes");
+        assert_eq!(rows(&db).await, 2);
+    }
 }
