@@ -156,7 +156,7 @@ impl Writer {
             // A thread of its own, where the held connection's statements run inline: as a
             // task, each job went to a blocking thread and back, and the task then waited
             // for a worker busy with gRPC; that was 14% of the writer's time under unary
-            // load (0.3 ms a job, BENCHMARKS.md).
+            // load (~0.35 ms a job, BENCHMARKS.md).
             let runtime = tokio::runtime::Handle::current();
             tokio::task::spawn_blocking(move || runtime.block_on(run))
         } else {
