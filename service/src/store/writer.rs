@@ -1138,7 +1138,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_writers_own_thread_runs_groups_writes_and_pool_tasks_in_queue_order() {
+    async fn the_writers_own_thread_runs_groups_writes_and_pool_tasks() {
         let (_dir, db, writer, task) = held_writer().await;
         let stored = writer.ingest(vec![entry("r1"), entry("r2")]).await.unwrap();
         assert!(matches!(
