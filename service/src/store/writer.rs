@@ -693,7 +693,12 @@ async fn commit_group(
     let mut assigned: HashMap<usize, i64> = to_store.iter().copied().zip(ids).collect();
 
     let claims = claims_of(entries, &assigned, &account_nos);
-    let group_claims: Vec<Claim> = claims.iter().map(|&(_, claim)| claim).collect();
+    // Without their positions, for the held connection's pending claims and its filter;
+    // PostgreSQL has neither.
+    let group_claims: Vec<Claim> = match held {
+        Some(_) => claims.iter().map(|&(_, claim)| claim).collect(),
+        None => Vec::new(),
+    };
     match held {
         // The writer's SQLite connection: a small group's claims wait in memory (its
         // lookups saw every claim, so none conflicts).
@@ -1085,6 +1090,7 @@ mod tests {
 
     use super::*;
     use crate::domain::record::request_key;
+    use crate::store::test_count;
 
     fn entry(request_id: &str) -> NewLogEntry {
         NewLogEntry {
@@ -1125,18 +1131,6 @@ mod tests {
         (dir, db, writer, task)
     }
 
-    async fn rows(db: &DatabaseConnection) -> i64 {
-        db.query_one(Statement::from_string(
-            DbBackend::Sqlite,
-            "SELECT COUNT(*) AS n FROM log_entries",
-        ))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get("", "n")
-        .unwrap()
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_writers_own_thread_runs_groups_writes_and_pool_tasks() {
         let (_dir, db, writer, task) = held_writer().await;
@@ -1161,13 +1155,15 @@ mod tests {
             .unwrap();
         assert_eq!(counted, Some(2));
         // A task on the pool (sqlx, driven from that thread) too.
-        let pooled = writer.run(|db| async move { Ok(rows(&db).await) }).await;
+        let pooled = writer
+            .run(|db| async move { Ok(test_count(&db, "log_entries").await) })
+            .await;
         assert_eq!(pooled.unwrap(), 2);
         let again = writer.ingest(vec![entry("r1")]).await.unwrap();
         assert!(matches!(again[..], [IngestOutcome::Duplicate(_)]));
         drop(writer);
         task.await.expect("the writer ends when its queue closes");
-        assert_eq!(rows(&db).await, 2);
+        assert_eq!(test_count(&db, "log_entries").await, 2);
     }
 
     #[tokio::test]
@@ -1193,6 +1189,6 @@ mod tests {
         assert!(matches!(stored[..], [IngestOutcome::Stored(_)]));
         drop(writer);
         task.await.expect("the writer ends when its queue closes");
-        assert_eq!(rows(&db).await, 2);
+        assert_eq!(test_count(&db, "log_entries").await, 2);
     }
 }
