@@ -403,8 +403,12 @@ impl Application {
         let drained = tokio::select! {
             result = drain => result,
             () = grace_over => {
-                // Dropping the drain drops the writer's handle, not its task: it dies with
-                // the process, mid-transaction at worst, which the database rolls back.
+                // Dropping the drain drops the writer's handle, not its task. PostgreSQL's
+                // writer (a task) dies with the runtime, mid-transaction at worst, which the
+                // database rolls back. SQLite's runs on a blocking thread, which the
+                // runtime's drop waits for: it commits what is still queued once the
+                // handlers holding its handles are dropped (callers gone; a resend finds
+                // the rows).
                 tracing::error!(?grace, "shutdown grace period over: abandoning running calls");
                 Err(AppError::GraceExpired(grace))
             }

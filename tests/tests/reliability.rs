@@ -155,16 +155,26 @@ async fn sigkill_during_ingest_then_retries_store_each_record_once(backend: Back
         .expect("a killed server should be gone");
     assert!(!status.success());
 
-    let restarted = start("sigkill-restarted", &test_db.url, &[]);
+    let resent = restart_and_resend("sigkill-restarted", &test_db.url, &mut logs).await;
+    assert!(resent >= 1, "every client's last call should have failed");
+    test_db.remove().await;
+}
+
+/// Restarts the server on the same database and checks that every acknowledged record is
+/// stored once; then resends every call that got no answer (same request ids) and checks
+/// that each record sent is stored exactly once. Returns how many calls were resent.
+async fn restart_and_resend(name: &str, url: &str, logs: &mut [IngestLog]) -> usize {
+    let restarted = start(name, url, &[]);
     let client = ReqlogClient::connect(restarted.endpoint())
         .await
         .expect("the client should connect");
-    let mut retried = 0;
-    for log in &mut logs {
-        retried += log.unacknowledged.len();
+    let stored = stored_request_ids(&client, ACCOUNT).await;
+    assert_exactly_once(&stored, logs.iter().flat_map(|log| &log.acknowledged));
+    let mut resent = 0;
+    for log in logs.iter_mut() {
+        resent += log.unacknowledged.len();
         log.retry_all(&client).await;
     }
-    assert!(retried >= 1, "every client's last call should have failed");
     let stored = stored_request_ids(&client, ACCOUNT).await;
     let acknowledged: Vec<&String> = logs.iter().flat_map(|log| &log.acknowledged).collect();
     assert_exactly_once(&stored, acknowledged.iter().copied());
@@ -173,7 +183,31 @@ async fn sigkill_during_ingest_then_retries_store_each_record_once(backend: Back
         acknowledged.len(),
         "every record sent is acknowledged now, and nothing else is stored"
     );
-    drop(restarted);
+    resent
+}
+
+/// SIGTERM with a grace period too short to drain the calls in flight: the process still
+/// exits (status 1 when the grace ran out), every acknowledged record is stored once, and
+/// the clients' resends of the unanswered calls (same request ids) are stored once too,
+/// whether the writer committed them before it ended or not.
+async fn sigterm_past_a_short_grace_loses_nothing_acknowledged(backend: Backend) {
+    let Some(test_db) = TestDb::create(backend).await else {
+        return;
+    };
+    let mut server = start("sigterm-grace", &test_db.url, &["--shutdown-grace", "1ms"]);
+    let clients = load(&server, "grace").await;
+    server.signal("TERM");
+    let mut logs = collect(clients).await;
+    let status = server
+        .wait_exit(Duration::from_secs(60))
+        .expect("the server should exit soon after its grace period");
+    let log = server.log_text();
+    assert!(
+        status.success() || log.contains("shutdown grace period over"),
+        "a stop that fails says the grace ran out, got {status}:\n{log}"
+    );
+
+    restart_and_resend("sigterm-grace-restarted", &test_db.url, &mut logs).await;
     test_db.remove().await;
 }
 
@@ -239,6 +273,7 @@ backend_tests!(
     sigterm_ends_a_long_export_cleanly,
     sigterm_during_ingest_keeps_every_acknowledged_record,
     sigkill_during_ingest_then_retries_store_each_record_once,
+    sigterm_past_a_short_grace_loses_nothing_acknowledged,
 );
 
 /// Records attempted while the database is held up; enough that a server buffering them
