@@ -13,6 +13,7 @@ mod m20261130_000005_sqlite_search_removals;
 mod m20261206_000006_search_timestamps;
 mod m20261206_000007_sqlite_usage_folding;
 mod m20261206_000008_sqlite_pending_claims;
+mod m20261207_000009_sqlite_search_columns;
 
 /// Every reqlog migration, in order.
 #[derive(Debug)]
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000006_search_timestamps::Migration),
             Box::new(m20261206_000007_sqlite_usage_folding::Migration),
             Box::new(m20261206_000008_sqlite_pending_claims::Migration),
+            Box::new(m20261207_000009_sqlite_search_columns::Migration),
         ]
     }
 }

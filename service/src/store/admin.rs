@@ -231,8 +231,8 @@ async fn delete_batch(
             txn.execute(Statement::from_sql_and_values(
                 DbBackend::Sqlite,
                 format!(
-                    r#"INSERT OR FAIL INTO log_search_removals (id, doc) SELECT "id", {} FROM log_entries WHERE {chosen} AND "id" <= ?"#,
-                    super::search::doc_sql(DbBackend::Sqlite)
+                    r#"INSERT OR FAIL INTO log_search_removals (id, {columns}) SELECT "id", {columns} FROM log_entries WHERE {chosen} AND "id" <= ?"#,
+                    columns = super::search::SQLITE_COLUMNS
                 ),
                 queue_values,
             ))

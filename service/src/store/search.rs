@@ -4,9 +4,10 @@
 //! PostgreSQL: 100k rows 5.3 s without a GIN index, 21.9–23.5 s with, pending list or not;
 //! the issue measured SQLite at 10k rows/s with three indexes, 3k with a trigram index), so
 //! the ingest transaction does not touch it. [`index_pending`] copies each new row's
-//! free-text columns (the columns joined by U+0001, [`doc_sql`]) into `log_search` in the
-//! background: on PostgreSQL a table with a `gin_trgm_ops` index, on SQLite a contentless
-//! FTS5 trigram table keyed by the row's id. Every id up to the watermark
+//! free-text columns into `log_search` in the background: on PostgreSQL a table with a
+//! `gin_trgm_ops` index over the columns joined by U+0001 ([`DOC_SQL`]), on SQLite a
+//! contentless FTS5 trigram table keyed by the row's id, a column of it for each
+//! ([`SQLITE_COLUMNS`]). Every id up to the watermark
 //! `search_indexed_through` (in `settings`) is in `log_search`; rows above it (the newest, not
 //! yet indexed) are found by id and searched by walking them, so a query always sees every
 //! committed row. On SQLite a purge or sweep queues its indexed rows in
@@ -56,21 +57,18 @@ const SQLITE_REMOVAL_ROWS: i64 = 500;
 /// rows), so merging keeps pace with copying at any chunk size.
 const SQLITE_ROWS_PER_MERGE_PAGE: i64 = 20;
 
-/// The text `log_search.doc` holds for a row of `log_entries` (SQL over its columns). Every
-/// searched free-text column is a substring of it, so a row whose column contains the term
-/// has a `doc` that contains it too.
-pub fn doc_sql(backend: DbBackend) -> &'static str {
-    match backend {
-        DbBackend::Postgres => {
-            "api_key_name || chr(1) || api_key_prefix || chr(1) || endpoint \
-             || chr(1) || COALESCE(query_params, '') || chr(1) || COALESCE(error_code, '')"
-        }
-        _ => {
-            "api_key_name || char(1) || api_key_prefix || char(1) || endpoint \
-             || char(1) || COALESCE(query_params, '') || char(1) || COALESCE(error_code, '')"
-        }
-    }
-}
+/// PostgreSQL: the text `log_search.doc` holds for a row of `log_entries` (SQL over its
+/// columns). Every searched free-text column is a substring of it, so a row whose column
+/// contains the term has a `doc` that contains it too (`pg_trgm` takes trigrams within words,
+/// so none spans two columns).
+pub const DOC_SQL: &str = "api_key_name || chr(1) || api_key_prefix || chr(1) || endpoint \
+     || chr(1) || COALESCE(query_params, '') || chr(1) || COALESCE(error_code, '')";
+
+/// SQLite: the searched free-text columns, as `log_entries`, `log_search` and
+/// `log_search_removals` all name them. Each is a column of the FTS5 table: the trigram
+/// tokenizer knows no separators, and joined into one text the columns added ~12 trigrams a
+/// row that span two of them and never match (migration `m20261207_000009`).
+pub const SQLITE_COLUMNS: &str = "api_key_name, api_key_prefix, endpoint, query_params, error_code";
 
 /// The FTS5 query (SQLite) for rows whose text may contain `term`: the AND of the term's
 /// distinct trigrams, each a quoted token (the table keeps no positions, so no phrase
@@ -172,9 +170,8 @@ async fn index_chunk_sqlite(db: &WriterDb, drop_removed: bool) -> Result<Chunk, 
             .execute(Statement::from_sql_and_values(
                 backend,
                 format!(
-                    "INSERT INTO log_search (rowid, doc) \
-                     SELECT id, {} FROM log_entries WHERE id > ? AND id <= ?",
-                    doc_sql(backend)
+                    "INSERT INTO log_search (rowid, {SQLITE_COLUMNS}) \
+                     SELECT id, {SQLITE_COLUMNS} FROM log_entries WHERE id > ? AND id <= ?"
                 ),
                 [from.into(), upto.into()],
             ))
@@ -236,8 +233,11 @@ async fn drop_removed_sqlite(txn: &impl ConnectionTrait, limit: i64) -> Result<i
     let dropped = txn
         .execute(Statement::from_sql_and_values(
             backend,
-            "INSERT INTO log_search (log_search, rowid, doc) \
-             SELECT 'delete', id, doc FROM log_search_removals WHERE seq < ? ORDER BY seq",
+            format!(
+                "INSERT INTO log_search (log_search, rowid, {SQLITE_COLUMNS}) \
+                 SELECT 'delete', id, {SQLITE_COLUMNS} FROM log_search_removals \
+                 WHERE seq < ? ORDER BY seq"
+            ),
             [below.into()],
         ))
         .await?
@@ -290,9 +290,8 @@ async fn index_pending_postgres(db: &DatabaseConnection) -> Result<u64, StoreErr
                 backend,
                 format!(
                     "INSERT INTO log_search (id, account_no, ts, doc) \
-                     SELECT id, account_no, ts, {} FROM log_entries WHERE id > $1 AND id <= $2 \
-                     ON CONFLICT (id) DO NOTHING",
-                    doc_sql(backend)
+                     SELECT id, account_no, ts, {DOC_SQL} FROM log_entries \
+                     WHERE id > $1 AND id <= $2 ON CONFLICT (id) DO NOTHING"
                 ),
                 [from.into(), upto.into()],
             ))
@@ -494,11 +493,7 @@ mod tests {
         assert_eq!(queued_removals(&db).await, 100);
         assert_eq!(chunk(&db).await, (0, false));
         assert_eq!(queued_removals(&db).await, 0);
-        db.execute_unprepared(
-            "INSERT INTO log_search (log_search, rank) VALUES ('integrity-check', 0)",
-        )
-        .await
-        .expect("the FTS5 index is consistent");
+        assert_index_consistent(&db).await;
     }
 
     #[test]
@@ -529,19 +524,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(index_pending(&db).await.unwrap(), 2);
-        let postings = |db: DatabaseConnection| async move {
-            let rows = db
-                .query_all(Statement::from_sql_and_values(
-                    DbBackend::Sqlite,
-                    "SELECT rowid AS id FROM log_search WHERE log_search MATCH ? ORDER BY rowid",
-                    [trigram_query("needle").unwrap().into()],
-                ))
-                .await
-                .unwrap();
-            rows.iter()
-                .map(|row| row.try_get::<i64>("", "id").unwrap())
-                .collect::<Vec<_>>()
-        };
         assert_eq!(
             crate::store::admin::delete_key_rows(&WriterDb::Pool(db.clone()), "a", "gone", 100)
                 .await
@@ -549,7 +531,7 @@ mod tests {
             1
         );
         // The delete only queued the row: its posting stays until the indexer's next chunk.
-        assert_eq!(postings(db.clone()).await, [1, 2]);
+        assert_eq!(matches(&db, "needle").await, [1, 2]);
         assert_eq!(queued_removals(&db).await, 1);
         // While a purge or sweep runs, the background indexer's chunks leave the queue alone.
         assert_eq!(
@@ -563,8 +545,132 @@ mod tests {
         );
         assert_eq!(queued_removals(&db).await, 1);
         assert_eq!(index_pending(&db).await.unwrap(), 0);
-        assert_eq!(postings(db.clone()).await, [2]);
+        assert_eq!(matches(&db, "needle").await, [2]);
         assert_eq!(queued_removals(&db).await, 0);
+        assert_index_consistent(&db).await;
+    }
+
+    /// The trigrams of each text, folded to lower case as the tokenizer folds them.
+    fn trigrams_of(texts: &[&str]) -> std::collections::BTreeSet<String> {
+        texts
+            .iter()
+            .flat_map(|text| {
+                let chars: Vec<char> = text.to_lowercase().chars().collect();
+                chars
+                    .windows(3)
+                    .map(|window| window.iter().collect::<String>())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Every term the FTS5 index holds (`fts5vocab`).
+    async fn indexed_terms(db: &DatabaseConnection) -> std::collections::BTreeSet<String> {
+        db.execute_unprepared(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS temp.log_search_terms \
+             USING fts5vocab(main, log_search, 'row')",
+        )
+        .await
+        .unwrap();
+        db.query_all(Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT term FROM temp.log_search_terms",
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.try_get::<String>("", "term").unwrap())
+        .collect()
+    }
+
+    async fn matches(db: &DatabaseConnection, term: &str) -> Vec<i64> {
+        db.query_all(Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            "SELECT rowid AS id FROM log_search WHERE log_search MATCH ? ORDER BY rowid",
+            [trigram_query(term).unwrap().into()],
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.try_get::<i64>("", "id").unwrap())
+        .collect()
+    }
+
+    #[tokio::test]
+    async fn sqlite_indexes_each_column_apart_and_nothing_across_two() {
+        let (_dir, db) = crate::store::test_database().await;
+        db.execute_unprepared(
+            "INSERT INTO account_numbers (id, value) VALUES (1, 'a'); \
+             INSERT INTO log_entries (id, account_no, ts, api_key_id, api_key_name, \
+             api_key_prefix, method, endpoint, query_params, status_code, error_code, \
+             ip_hash, duration_ms) \
+             VALUES (1, 1, 1, 'k', 'Billing', 'pk_live', 'GET', '/v1/charges', 'limit=5', \
+                     402, 'CARD_DECLINED', X'ab', 1), \
+                    (2, 1, 2, 'k', 'Reports', 'pk_test', 'GET', '/v1/export', NULL, \
+                     200, NULL, X'ab', 1); \
+             UPDATE log_id_sequence SET last_id = 2",
+        )
+        .await
+        .unwrap();
+        assert_eq!(index_pending(&db).await.unwrap(), 2);
+        // Exactly the columns' own trigrams: none spans two columns.
+        assert_eq!(
+            indexed_terms(&db).await,
+            trigrams_of(&[
+                "Billing",
+                "pk_live",
+                "/v1/charges",
+                "limit=5",
+                "CARD_DECLINED",
+                "Reports",
+                "pk_test",
+                "/v1/export",
+            ])
+        );
+        for (term, rows) in [
+            ("billing", vec![1]),
+            ("PK_", vec![1, 2]),
+            ("export", vec![2]),
+            ("imit=", vec![1]),
+            ("declined", vec![1]),
+        ] {
+            assert_eq!(matches(&db, term).await, rows, "{term}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_sqlite_column_migration_indexes_every_row_again() {
+        use reqlog_migrations::{Migrator, MigratorTrait};
+        let (_dir, db) = crate::store::test_database().await;
+        Migrator::down(&db, Some(1)).await.expect("down");
+        // A database from before the migration: two rows indexed as one text, one of them
+        // deleted and queued for the indexer.
+        db.execute_unprepared(
+            "INSERT INTO account_numbers (id, value) VALUES (1, 'a'); \
+             INSERT INTO log_entries (id, account_no, ts, api_key_id, api_key_name, \
+             api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
+             VALUES (2, 1, 2, 'k', 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 1); \
+             UPDATE log_id_sequence SET last_id = 2; \
+             INSERT INTO log_search (rowid, doc) VALUES \
+               (1, 'name' || char(1) || 'pk_' || char(1) || '/v1/gone' || char(1) || char(1)), \
+               (2, 'name' || char(1) || 'pk_' || char(1) || '/v1/needle' || char(1) || char(1)); \
+             INSERT INTO log_search_removals (id, doc) VALUES \
+               (1, 'name' || char(1) || 'pk_' || char(1) || '/v1/gone' || char(1) || char(1)); \
+             INSERT INTO settings (name, value) VALUES ('search_indexed_through', '2')",
+        )
+        .await
+        .unwrap();
+        Migrator::up(&db, None).await.expect("up");
+        assert_eq!(watermark(&db).await.unwrap(), 0, "every row waits again");
+        assert_eq!(queued_removals(&db).await, 0);
+        assert_eq!(matches(&db, "needle").await, Vec::<i64>::new());
+        assert_eq!(index_pending(&db).await.unwrap(), 1);
+        assert_eq!(matches(&db, "needle").await, [2]);
+        assert_eq!(matches(&db, "gone").await, Vec::<i64>::new());
+        assert_index_consistent(&db).await;
+    }
+
+    async fn assert_index_consistent(db: &DatabaseConnection) {
         db.execute_unprepared(
             "INSERT INTO log_search (log_search, rank) VALUES ('integrity-check', 0)",
         )
