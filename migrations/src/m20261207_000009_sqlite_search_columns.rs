@@ -16,24 +16,26 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DatabaseBackend;
 
+use crate::sqlite::in_one_transaction;
+
 #[derive(DeriveMigrationName)]
 pub(crate) struct Migration;
 
 /// Rebuilds both tables in `shape` and sends the indexer back to the first row.
 async fn rebuild(manager: &SchemaManager<'_>, shape: [&str; 2]) -> Result<(), DbErr> {
-    let connection = manager.get_connection();
-    for statement in [
-        "DROP TABLE log_search",
-        shape[0],
-        // As in the migration that created the index: the indexer merges, not each write.
-        "INSERT INTO log_search (log_search, rank) VALUES ('automerge', 0)",
-        "DROP TABLE log_search_removals",
-        shape[1],
-        "DELETE FROM settings WHERE name = 'search_indexed_through'",
-    ] {
-        connection.execute_unprepared(statement).await?;
-    }
-    Ok(())
+    in_one_transaction(
+        manager,
+        &[
+            "DROP TABLE log_search",
+            shape[0],
+            // As in the migration that created the index: the indexer merges, not each write.
+            "INSERT INTO log_search (log_search, rank) VALUES ('automerge', 0)",
+            "DROP TABLE log_search_removals",
+            shape[1],
+            "DELETE FROM settings WHERE name = 'search_indexed_through'",
+        ],
+    )
+    .await
 }
 
 #[async_trait::async_trait]

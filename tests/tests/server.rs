@@ -14,6 +14,7 @@ use tonic_health::pb::health_client::HealthClient;
 backend_tests!(
     health_follows_the_database,
     migrations_run_up_and_down,
+    migrations_apply_on_connections_that_read_the_old_schema,
     reflection_lists_every_service,
 );
 
@@ -155,6 +156,45 @@ async fn migrations_run_up_and_down(backend: Backend) {
         .expect("catalog query")
         .expect("a count");
     assert_eq!(leftover.try_get::<i64>("", "n").expect("n"), 0);
+    Migrator::up(&db, None).await.expect("up again");
+    db.close().await.ok();
+    test_db.remove().await;
+}
+
+/// A pool whose connections all read the schema before the last migrations (as a server's
+/// do once it has served): each migration must see the schema its predecessors left, on
+/// whichever connection its statements run. A draft of `m20261207_000010` (a rename, then
+/// a column added under the old name) failed here with "duplicate column name" until SQLite
+/// migrations ran in one transaction (`reqlog_migrations::sqlite::in_one_transaction`).
+async fn migrations_apply_on_connections_that_read_the_old_schema(backend: Backend) {
+    use sea_orm::TransactionTrait;
+    let Some(test_db) = TestDb::create(backend).await else {
+        return;
+    };
+    let mut options = sea_orm::ConnectOptions::new(test_db.url.clone());
+    options.max_connections(4);
+    let db = Database::connect(options).await.expect("connect");
+    let all = Migrator::migrations().len();
+    Migrator::up(&db, Some(u32::try_from(all - 2).expect("a count")))
+        .await
+        .expect("up to the last two");
+    // Several connections at once, each reading the table the last migrations change.
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let txn = db.begin().await.expect("begin");
+        txn.execute_unprepared("SELECT * FROM log_entries LIMIT 1")
+            .await
+            .expect("read");
+        open.push(txn);
+    }
+    for txn in open {
+        txn.commit().await.expect("commit");
+    }
+    Migrator::up(&db, None).await.expect("the last two");
+    db.execute_unprepared("SELECT request_id FROM log_entries LIMIT 1")
+        .await
+        .expect("the request id reads as before");
+    Migrator::down(&db, Some(2)).await.expect("down again");
     Migrator::up(&db, None).await.expect("up again");
     db.close().await.ok();
     test_db.remove().await;

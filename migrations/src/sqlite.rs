@@ -1,0 +1,26 @@
+//! Helpers for SQLite migrations.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::TransactionTrait;
+
+/// Runs `statements` in one transaction, on one connection.
+///
+/// sea-orm-migration runs an SQLite migration on the pool, statement by statement, outside
+/// any transaction. A pooled connection whose cached schema predates another connection's
+/// change refuses a statement while parsing it (`duplicate column name` for a column
+/// renamed away on another connection) instead of reading the schema again; and a migration
+/// that failed halfway stayed half applied.
+pub(crate) async fn in_one_transaction(
+    manager: &SchemaManager<'_>,
+    statements: &[&str],
+) -> Result<(), DbErr> {
+    let txn = manager.get_connection().begin().await?;
+    // Reading the schema table checks the schema's version first, so the statements below
+    // are parsed against the current schema.
+    txn.execute_unprepared("SELECT COUNT(*) FROM sqlite_schema")
+        .await?;
+    for statement in statements {
+        txn.execute_unprepared(statement).await?;
+    }
+    txn.commit().await
+}
