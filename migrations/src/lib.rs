@@ -14,6 +14,7 @@ mod m20261206_000006_search_timestamps;
 mod m20261206_000007_sqlite_usage_folding;
 mod m20261206_000008_sqlite_pending_claims;
 mod m20261207_000009_sqlite_search_columns;
+mod m20261207_000010_sqlite_packed_request_ids;
 mod sqlite;
 
 /// Every reqlog migration, in order.
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000007_sqlite_usage_folding::Migration),
             Box::new(m20261206_000008_sqlite_pending_claims::Migration),
             Box::new(m20261207_000009_sqlite_search_columns::Migration),
+            Box::new(m20261207_000010_sqlite_packed_request_ids::Migration),
         ]
     }
 }

@@ -122,7 +122,7 @@ pub fn log_entry(row: log_entry::Model, status: pb::ApiKeyStatus) -> pb::LogEntr
     pb::LogEntry {
         id: row.id.to_string(),
         account_id: row.account_id,
-        request_id: row.request_id.unwrap_or_default(),
+        request_id: row.request_id.map(|id| id.0).unwrap_or_default(),
         api_key_id: row.api_key_id,
         api_key_name: row.api_key_name,
         api_key_prefix: row.api_key_prefix,

@@ -21,6 +21,7 @@
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, Value};
 
 use super::StoreError;
+use super::entity::log_entry::RequestId;
 use super::sqlite::HeldTxn;
 use crate::domain::record::{RequestKey, request_key};
 use crate::domain::time::day_of;
@@ -97,7 +98,8 @@ pub async fn sync(txn: &HeldTxn) -> Result<i64, StoreError> {
             .await?;
         claims.reserve(rows.len());
         for row in rows {
-            let request_id: String = row.try_get("", "request_id")?;
+            // Text, or a hex id's bytes (`log_entry::RequestId`).
+            let request_id = row.try_get::<RequestId>("", "request_id")?.0;
             claims.push((
                 day_of(row.try_get("", "ts")?),
                 row.try_get("", "account_no")?,
@@ -390,6 +392,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_hex_request_id_stored_as_bytes_is_claimed_as_its_text() {
+        let (_dir, db) = crate::store::test_database().await;
+        store_row(&db, 1, 1, 100).await;
+        // As the writer stores `0a1b` (`writer::packed_request_id`).
+        db.execute_unprepared("UPDATE log_entries SET request_id = X'0a1b' WHERE id = 1")
+            .await
+            .expect("bytes");
+        let held = held(&db).await;
+        let txn = held.begin().expect("begin");
+        sync(&txn).await.expect("sync");
+        assert_eq!(pending(&txn).await, vec![(100, 1, request_key("0a1b"), 1)]);
+    }
+
+    #[tokio::test]
     async fn rows_whose_group_claimed_them_in_the_table_are_not_read_again() {
         let (_dir, db) = crate::store::test_database().await;
         let held = held(&db).await;
@@ -483,8 +499,8 @@ mod tests {
         .expect("row 1 claimed, row 2 pending, row 3 without a request id");
         insert_claimed(&db, claim(1, 1, 101)).await;
 
-        // The pending-claims migration and the one after it.
-        Migrator::down(&db, Some(2)).await.expect("down");
+        // The pending-claims migration and the two after it.
+        Migrator::down(&db, Some(3)).await.expect("down");
         assert_eq!(
             stored(&db, "request_ids").await,
             vec![claim(1, 1, 101), claim(2, 2, 102)]

@@ -21,7 +21,8 @@ pub mod log_entry {
         /// When the request happened.
         pub ts: i64,
         /// The idempotency key, if any.
-        pub request_id: Option<String>,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub request_id: Option<RequestId>,
         /// The API key.
         pub api_key_id: String,
         /// The key's name when the request was made.
@@ -48,6 +49,64 @@ pub mod log_entry {
         pub user_agent: String,
         /// Latency in milliseconds.
         pub duration_ms: i64,
+    }
+
+    /// A stored request id, as the client sent it. SQLite stores an id that is lower-case
+    /// hex of even length as its bytes (`store::writer::packed_request_id`); read back, the
+    /// bytes are spelled as lower-case hex again, which is the text that came. PostgreSQL
+    /// stores text.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct RequestId(pub String);
+
+    impl sea_orm::TryGetable for RequestId {
+        fn try_get_by<I: sea_orm::ColIdx>(
+            res: &QueryResult,
+            index: I,
+        ) -> Result<Self, sea_orm::TryGetError> {
+            // sqlx refuses bytes read as text; a proxy row (the writer's own connection) says
+            // so as a NULL. Either way the bytes are read as bytes, and a NULL is one for both.
+            String::try_get_by(res, index)
+                .map(Self)
+                .or_else(|text_error| {
+                    Vec::<u8>::try_get_by(res, index)
+                        .map(|bytes| Self(crate::domain::ip::to_hex(&bytes)))
+                        .map_err(|_| text_error)
+                })
+        }
+    }
+
+    impl sea_orm::sea_query::ValueType for RequestId {
+        fn try_from(value: Value) -> Result<Self, sea_orm::sea_query::ValueTypeErr> {
+            match value {
+                Value::String(Some(text)) => Ok(Self(*text)),
+                Value::Bytes(Some(bytes)) => Ok(Self(crate::domain::ip::to_hex(&bytes))),
+                _ => Err(sea_orm::sea_query::ValueTypeErr),
+            }
+        }
+
+        fn type_name() -> String {
+            "RequestId".to_owned()
+        }
+
+        fn array_type() -> sea_orm::sea_query::ArrayType {
+            sea_orm::sea_query::ArrayType::String
+        }
+
+        fn column_type() -> ColumnType {
+            ColumnType::Text
+        }
+    }
+
+    impl From<RequestId> for Value {
+        fn from(id: RequestId) -> Self {
+            id.0.into()
+        }
+    }
+
+    impl sea_orm::sea_query::Nullable for RequestId {
+        fn null() -> Value {
+            Value::String(None)
+        }
     }
 
     /// `log_entries` relates to nothing through foreign keys (keys may be unknown).

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use sea_orm::sea_query::{Expr, OnConflict, Query};
+use sea_orm::sea_query::{Expr, OnConflict, Query, Value};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
 };
@@ -27,7 +27,7 @@ use super::dictionary::{Dictionary, Ids};
 use super::entity::{log_entry, request_id};
 use super::seen::SeenIds;
 use super::sqlite::{HeldSqlite, HeldTxn, without_statement_journal};
-use crate::domain::ip::to_hex;
+use crate::domain::ip::{from_hex, to_hex};
 use crate::domain::record::{NewLogEntry, RequestKey};
 use crate::domain::time::day_of;
 
@@ -1036,6 +1036,7 @@ async fn insert_rows(
         .map(|(&index, &id)| (id, entries[index], account_nos[index]))
         .collect();
     rows.sort_unstable_by_key(|row| row.0);
+    let sqlite = txn.get_database_backend() == DbBackend::Sqlite;
     for chunk in rows.chunks(INSERT_CHUNK_ROWS) {
         let mut insert = Query::insert();
         insert.into_table(log_entry::Entity).columns([
@@ -1056,12 +1057,18 @@ async fn insert_rows(
             log_entry::Column::DurationMs,
         ]);
         for &(id, entry, account_no) in chunk {
+            let request_id = entry.request_id.as_deref();
             insert
                 .values([
                     id.into(),
                     account_no.into(),
                     entry.ts_micros.into(),
-                    entry.request_id.as_deref().into(),
+                    if sqlite {
+                        packed_request_id(request_id)
+                    } else {
+                        Value::from(request_id)
+                    }
+                    .into(),
                     entry.api_key_id.as_str().into(),
                     entry.api_key_name.as_str().into(),
                     entry.api_key_prefix.as_str().into(),
@@ -1082,6 +1089,23 @@ async fn insert_rows(
         .await?;
     }
     Ok(())
+}
+
+/// A request id as SQLite stores it (migration `m20261207_000010`): lower-case hex of even
+/// length (nginx's `$request_id`, trace ids) as its bytes, half the size; anything else as
+/// the text. Reads spell bytes as lower-case hex again ([`log_entry::RequestId`]), so the
+/// text reads back as it came.
+fn packed_request_id(request_id: Option<&str>) -> Value {
+    let lower_hex = |id: &str| {
+        !id.is_empty()
+            && id
+                .bytes()
+                .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    match request_id {
+        Some(id) if lower_hex(id) => from_hex(id).map_or_else(|| id.into(), Value::from),
+        other => other.into(),
+    }
 }
 
 #[cfg(test)]
@@ -1190,5 +1214,86 @@ mod tests {
         drop(writer);
         task.await.expect("the writer ends when its queue closes");
         assert_eq!(test_count(&db, "log_entries").await, 2);
+    }
+
+    /// Each row's request id as read (the generated column) and as stored, in id order.
+    async fn stored_request_ids(db: &DatabaseConnection) -> Vec<(String, String)> {
+        db.query_all(Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT request_id, typeof(request_id) AS stored FROM log_entries ORDER BY id",
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row.try_get::<log_entry::RequestId>("", "request_id")
+                    .unwrap()
+                    .0,
+                row.try_get::<String>("", "stored").unwrap(),
+            )
+        })
+        .collect()
+    }
+
+    #[tokio::test]
+    async fn sqlite_stores_lower_case_hex_request_ids_as_bytes_and_reads_the_text_back() {
+        use reqlog_migrations::{Migrator, MigratorTrait};
+        use sea_orm::{EntityTrait, QueryOrder};
+        let (_dir, db, writer, task) = held_writer().await;
+        let ids = [
+            "0123456789abcdef0123456789abcdef",
+            "ab",
+            "0af",
+            "0AF0",
+            "req-1",
+            "00000000-0000-4000-8000-000000000000",
+        ];
+        let stored = writer
+            .ingest(ids.iter().map(|id| entry(id)).collect())
+            .await
+            .unwrap();
+        assert!(
+            stored
+                .iter()
+                .all(|outcome| matches!(outcome, IngestOutcome::Stored(_)))
+        );
+        drop(writer);
+        task.await.expect("the writer ends when its queue closes");
+        let expected: Vec<(String, String)> = ids
+            .iter()
+            .zip(["blob", "blob", "text", "text", "text", "text"])
+            .map(|(id, stored)| (id.to_string(), stored.to_owned()))
+            .collect();
+        assert_eq!(stored_request_ids(&db).await, expected);
+        // Reads through the entity get the text, as every query does.
+        let rows = log_entry::Entity::find()
+            .order_by_asc(log_entry::Column::Id)
+            .all(&db)
+            .await
+            .unwrap();
+        let read: Vec<Option<String>> = rows
+            .into_iter()
+            .map(|row| row.request_id.map(|id| id.0))
+            .collect();
+        assert_eq!(read, ids.map(|id| Some(id.to_owned())));
+        // Reverting the migration turns the bytes back into the same text.
+        Migrator::down(&db, Some(1)).await.expect("down");
+        let texts = db
+            .query_all(Statement::from_string(
+                DbBackend::Sqlite,
+                "SELECT request_id, typeof(request_id) AS stored FROM log_entries ORDER BY id",
+            ))
+            .await
+            .unwrap();
+        for (row, id) in texts.iter().zip(ids) {
+            assert_eq!(row.try_get::<String>("", "request_id").unwrap(), id);
+            assert_eq!(row.try_get::<String>("", "stored").unwrap(), "text");
+        }
+        Migrator::up(&db, None).await.expect("up");
+        assert_eq!(
+            stored_request_ids(&db).await,
+            ids.map(|id| (id.to_owned(), "text".to_owned()))
+        );
     }
 }
