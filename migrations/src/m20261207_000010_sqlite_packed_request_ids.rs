@@ -9,7 +9,7 @@
 //! (it would refuse a migration it does not know) and read them as text.
 //!
 //! A virtual generated column that spelled the text was tried and not kept: SQLite computes
-//! generated columns on every insert, and a 34-row insert took 1.5–1.7× as long.
+//! generated columns on every insert, and a 34-row insert took 1.4–1.7× as long.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DatabaseBackend;
