@@ -15,6 +15,7 @@ mod m20261206_000007_sqlite_usage_folding;
 mod m20261206_000008_sqlite_pending_claims;
 mod m20261207_000009_sqlite_search_columns;
 mod m20261207_000010_sqlite_packed_request_ids;
+mod m20261207_000011_usage_dictionary_numbers;
 mod sqlite;
 
 /// Every reqlog migration, in order.
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000008_sqlite_pending_claims::Migration),
             Box::new(m20261207_000009_sqlite_search_columns::Migration),
             Box::new(m20261207_000010_sqlite_packed_request_ids::Migration),
+            Box::new(m20261207_000011_usage_dictionary_numbers::Migration),
         ]
     }
 }

@@ -178,13 +178,15 @@ async fn migrations_apply_on_connections_that_read_the_old_schema(backend: Backe
     Migrator::up(&db, Some(u32::try_from(all - 2).expect("a count")))
         .await
         .expect("up to the last two");
-    // Several connections at once, each reading the table the last migrations change.
+    // Several connections at once, each reading the tables the last migrations change.
     let mut open = Vec::new();
     for _ in 0..4 {
         let txn = db.begin().await.expect("begin");
-        txn.execute_unprepared("SELECT * FROM log_entries LIMIT 1")
-            .await
-            .expect("read");
+        for table in ["log_entries", "usage_stats"] {
+            txn.execute_unprepared(&format!("SELECT * FROM {table} LIMIT 1"))
+                .await
+                .expect("read");
+        }
         open.push(txn);
     }
     for txn in open {
@@ -194,6 +196,9 @@ async fn migrations_apply_on_connections_that_read_the_old_schema(backend: Backe
     db.execute_unprepared("SELECT request_id FROM log_entries LIMIT 1")
         .await
         .expect("the request id reads as before");
+    db.execute_unprepared("SELECT api_key_no, endpoint_no FROM usage_stats LIMIT 1")
+        .await
+        .expect("the counters hold numbers");
     Migrator::down(&db, Some(2)).await.expect("down again");
     Migrator::up(&db, None).await.expect("up again");
     db.close().await.ok();

@@ -499,8 +499,8 @@ mod tests {
         .expect("row 1 claimed, row 2 pending, row 3 without a request id");
         insert_claimed(&db, claim(1, 1, 101)).await;
 
-        // The pending-claims migration and the two after it.
-        Migrator::down(&db, Some(3)).await.expect("down");
+        // The pending-claims migration and the three after it.
+        Migrator::down(&db, Some(4)).await.expect("down");
         assert_eq!(
             stored(&db, "request_ids").await,
             vec![claim(1, 1, 101), claim(2, 2, 102)]

@@ -1,10 +1,12 @@
 //! Dictionaries: strings that repeat on every row stored once, rows holding their number
-//! (W6, BENCHMARKS.md). Two of them:
+//! (W6, BENCHMARKS.md). Four of them:
 //! - `user_agents`: a few distinct strings per platform, and no query filters, sorts or
 //!   searches on them; a page looks its rows' agents up in one query.
 //! - `account_numbers`: the account id leads the key of `log_entries`, `request_ids` and
 //!   `usage_stats` (and of both SQLite indexes); every query names one account, so it is
 //!   looked up once per request and the number bound in its place.
+//! - `api_key_numbers` and `endpoint_numbers`: the key id and the path in the usage
+//!   counters' key (`store::usage`), which reads group by the numbers and spell afterwards.
 //!
 //! A value is added the first time ingest sees it (in the group's transaction, `ON CONFLICT
 //! DO NOTHING`, so replicas may race) and never changed or removed, so a number names the
@@ -27,23 +29,35 @@ pub enum Dictionary {
     UserAgents,
     /// `account_numbers`: rows' `account_no`.
     Accounts,
+    /// `api_key_numbers`: the usage counters' `api_key_no`.
+    ApiKeys,
+    /// `endpoint_numbers`: the usage counters' `endpoint_no`.
+    Endpoints,
 }
 
 impl Dictionary {
-    fn table(self) -> Alias {
-        Alias::new(match self {
+    /// The dictionary's table.
+    pub fn table_name(self) -> &'static str {
+        match self {
             Self::UserAgents => "user_agents",
             Self::Accounts => "account_numbers",
-        })
+            Self::ApiKeys => "api_key_numbers",
+            Self::Endpoints => "endpoint_numbers",
+        }
+    }
+
+    fn table(self) -> Alias {
+        Alias::new(self.table_name())
     }
 
     /// Values the writer remembers; past this its cache starts over (a gateway sending a
     /// new agent on every call must not grow the writer's memory without bound). Account
-    /// ids are at most 64 bytes, agents 512.
+    /// ids are at most 64 bytes, agents 512, key ids 128, paths 2,048: a few MiB each.
     fn cache_values(self) -> usize {
         match self {
-            Self::UserAgents => 4_096,
+            Self::UserAgents | Self::Endpoints => 4_096,
             Self::Accounts => 65_536,
+            Self::ApiKeys => 32_768,
         }
     }
 }

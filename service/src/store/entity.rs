@@ -219,12 +219,12 @@ pub mod usage_stat {
         /// Start of the UTC hour, seconds since the epoch.
         #[sea_orm(primary_key, auto_increment = false)]
         pub bucket_start: i64,
-        /// The API key.
+        /// The API key id's number in `api_key_numbers`.
         #[sea_orm(primary_key, auto_increment = false)]
-        pub api_key_id: String,
-        /// The path.
+        pub api_key_no: i32,
+        /// The path's number in `endpoint_numbers`.
         #[sea_orm(primary_key, auto_increment = false)]
-        pub endpoint: String,
+        pub endpoint_no: i32,
         /// Upper-case method.
         #[sea_orm(primary_key, auto_increment = false)]
         pub method: String,
