@@ -13,7 +13,7 @@ use tokio_stream::StreamExt;
 use crate::data::{self, Generator};
 use crate::server::ServerProcess;
 use crate::workloads::{
-    BenchDb, account_no, figure, find_account_no, percentile, record_until,
+    BenchDb, account_no, figure, find_account_no, find_number, percentile, record_until,
     wait_for_search_removals,
 };
 use crate::{Backend, Context, Figure};
@@ -255,12 +255,15 @@ pub(crate) async fn purge(ctx: &Context) -> Result<Vec<Figure>, String> {
     // and over before the idle latency is measured.
     let purge_cleanup = wait_for_search_removals(&db).await?;
     let purge_account_no = account_no(&baseline_db, PURGE_ACCOUNT).await?;
+    let purge_key_no = find_number(&baseline_db, "api_key_numbers", PURGE_KEY)
+        .await?
+        .ok_or_else(|| format!("{PURGE_KEY} has no number"))?;
     let started = Instant::now();
     let baseline_purged = delete_batches(
         ctx,
         &baseline_db,
-        &sql(ctx, &by_key(ctx, "api_key_id = ?")),
-        vec![purge_account_no.into(), PURGE_KEY.into()],
+        &sql(ctx, &by_key(ctx, "api_key_no = ?")),
+        vec![purge_account_no.into(), purge_key_no.into()],
     )
     .await?;
     let baseline_seconds = started.elapsed().as_secs_f64();

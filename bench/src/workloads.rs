@@ -466,16 +466,17 @@ impl IngestService for NaiveIngest {
         let backend = self.db.get_database_backend();
         let sql = match backend {
             DbBackend::Postgres => {
-                "INSERT INTO log_entries (account_no, ts, request_id, api_key_id, api_key_name, api_key_prefix, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent_id, duration_ms, id) VALUES ((SELECT id FROM account_numbers WHERE value = $1), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, (SELECT id FROM user_agents WHERE value = $13), $14, $15)"
+                "INSERT INTO log_entries (account_no, ts, request_id, api_key_no, api_key_name, api_key_prefix, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent_id, duration_ms, id) VALUES ((SELECT id FROM account_numbers WHERE value = $1), $2, $3, (SELECT id FROM api_key_numbers WHERE value = $4), $5, $6, $7, $8, $9, $10, $11, $12, (SELECT id FROM user_agents WHERE value = $13), $14, $15)"
             }
             _ => {
-                "INSERT INTO log_entries (account_no, ts, request_id, api_key_id, api_key_name, api_key_prefix, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent_id, duration_ms, id) VALUES ((SELECT id FROM account_numbers WHERE value = ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT id FROM user_agents WHERE value = ?), ?, ?)"
+                "INSERT INTO log_entries (account_no, ts, request_id, api_key_no, api_key_name, api_key_prefix, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent_id, duration_ms, id) VALUES ((SELECT id FROM account_numbers WHERE value = ?), ?, ?, (SELECT id FROM api_key_numbers WHERE value = ?), ?, ?, ?, ?, ?, ?, ?, ?, (SELECT id FROM user_agents WHERE value = ?), ?, ?)"
             }
         };
-        // Accounts and agents are dictionaries (`account_numbers`, `user_agents`), as in
-        // reqlog's schema.
+        // Accounts, keys and agents are dictionaries (`account_numbers`, `api_key_numbers`,
+        // `user_agents`), as in reqlog's schema.
         for (table, value) in [
             ("account_numbers", &r.account_id),
+            ("api_key_numbers", &r.api_key_id),
             ("user_agents", &r.user_agent),
         ] {
             let insert = match backend {
@@ -729,7 +730,7 @@ impl Raw {
 }
 
 const PAGE: i32 = 100;
-const COLUMNS: &str = "id, account_no, ts, request_id, api_key_id, api_key_name, api_key_prefix, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent_id, duration_ms";
+const COLUMNS: &str = "id, account_no, ts, request_id, api_key_no, api_key_name, api_key_prefix, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent_id, duration_ms";
 
 /// The number reqlog gave `account` in `account_numbers`: the raw queries name the account
 /// by it, as reqlog's own queries do, looked up once before anything is timed.
@@ -741,20 +742,25 @@ pub(crate) async fn account_no(db: &BenchDb, account: &str) -> Result<i64, Strin
 
 /// [`account_no`], or none for an account that never sent a record.
 pub(crate) async fn find_account_no(db: &BenchDb, account: &str) -> Result<Option<i64>, String> {
+    find_number(db, "account_numbers", account).await
+}
+
+/// The number reqlog gave `value` in the dictionary `table`, if any.
+pub(crate) async fn find_number(
+    db: &BenchDb,
+    table: &str,
+    value: &str,
+) -> Result<Option<i64>, String> {
     let conn = Database::connect(&db.url)
         .await
         .map_err(|e| e.to_string())?;
     let backend = conn.get_database_backend();
     let sql = match backend {
-        DbBackend::Postgres => "SELECT id FROM account_numbers WHERE value = $1",
-        _ => "SELECT id FROM account_numbers WHERE value = ?",
+        DbBackend::Postgres => format!("SELECT id FROM {table} WHERE value = $1"),
+        _ => format!("SELECT id FROM {table} WHERE value = ?"),
     };
     let row = conn
-        .query_one(Statement::from_sql_and_values(
-            backend,
-            sql,
-            [account.into()],
-        ))
+        .query_one(Statement::from_sql_and_values(backend, sql, [value.into()]))
         .await
         .map_err(|e| e.to_string())?;
     let number = row
@@ -856,6 +862,10 @@ pub(crate) async fn list(ctx: &Context, db: &BenchDb) -> Result<Vec<Figure>, Str
         .first()
         .map(|e| e.api_key_id.clone())
         .unwrap_or_default();
+    // Bound as a number, as the account is, looked up before anything is timed.
+    let key_no = find_number(db, "api_key_numbers", &key)
+        .await?
+        .ok_or_else(|| format!("{key} has no number"))?;
     let hash_prefix = first_page
         .logs
         .first()
@@ -1004,8 +1014,8 @@ pub(crate) async fn list(ctx: &Context, db: &BenchDb) -> Result<Vec<Figure>, Str
                     api_key_ids: vec![key.clone()],
                     ..Default::default()
                 },
-                "api_key_id = ?",
-                vec![Param::Text(key.clone())],
+                "api_key_no = ?",
+                vec![Param::Int(key_no)],
             ),
         ),
         (

@@ -16,6 +16,7 @@ mod m20261206_000008_sqlite_pending_claims;
 mod m20261207_000009_sqlite_search_columns;
 mod m20261207_000010_sqlite_packed_request_ids;
 mod m20261207_000011_usage_dictionary_numbers;
+mod m20261207_000012_row_api_key_numbers;
 mod sqlite;
 
 /// Every reqlog migration, in order.
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000009_sqlite_search_columns::Migration),
             Box::new(m20261207_000010_sqlite_packed_request_ids::Migration),
             Box::new(m20261207_000011_usage_dictionary_numbers::Migration),
+            Box::new(m20261207_000012_row_api_key_numbers::Migration),
         ]
     }
 }

@@ -12,7 +12,7 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DatabaseBackend;
 
-use crate::sqlite::in_one_transaction;
+use crate::sqlite::run_all;
 
 #[derive(DeriveMigrationName)]
 pub(crate) struct Migration;
@@ -114,21 +114,6 @@ fn replace_with_copy(backend: DatabaseBackend) -> Vec<String> {
 
 const COUNTS: &str = "u.request_count, u.error_count, u.total_duration_ms, u.max_duration_ms";
 
-async fn run(manager: &SchemaManager<'_>, statements: Vec<String>) -> Result<(), DbErr> {
-    if manager.get_database_backend() == DatabaseBackend::Sqlite {
-        let statements: Vec<&str> = statements.iter().map(String::as_str).collect();
-        return in_one_transaction(manager, &statements).await;
-    }
-    // PostgreSQL: sea-orm-migration runs each migration in a transaction of its own.
-    for statement in statements {
-        manager
-            .get_connection()
-            .execute_unprepared(&statement)
-            .await?;
-    }
-    Ok(())
-}
-
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -153,7 +138,7 @@ impl MigrationTrait for Migration {
             ),
         ]);
         statements.extend(replace_with_copy(backend));
-        run(manager, statements).await
+        run_all(manager, &statements).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -175,6 +160,6 @@ impl MigrationTrait for Migration {
             "DROP TABLE api_key_numbers".to_owned(),
             "DROP TABLE endpoint_numbers".to_owned(),
         ]);
-        run(manager, statements).await
+        run_all(manager, &statements).await
     }
 }

@@ -1,7 +1,7 @@
 //! Helpers for SQLite migrations.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::TransactionTrait;
+use sea_orm_migration::sea_orm::{DatabaseBackend, TransactionTrait};
 
 /// Runs `statements` in one transaction, on one connection.
 ///
@@ -23,4 +23,24 @@ pub(crate) async fn in_one_transaction(
         txn.execute_unprepared(statement).await?;
     }
     txn.commit().await
+}
+
+/// Runs `statements` in order as one unit on either backend: on SQLite with
+/// [`in_one_transaction`], on PostgreSQL in the transaction sea-orm-migration runs each
+/// migration in.
+pub(crate) async fn run_all(
+    manager: &SchemaManager<'_>,
+    statements: &[String],
+) -> Result<(), DbErr> {
+    if manager.get_database_backend() == DatabaseBackend::Sqlite {
+        let statements: Vec<&str> = statements.iter().map(String::as_str).collect();
+        return in_one_transaction(manager, &statements).await;
+    }
+    for statement in statements {
+        manager
+            .get_connection()
+            .execute_unprepared(statement)
+            .await?;
+    }
+    Ok(())
 }

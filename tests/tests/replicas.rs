@@ -274,7 +274,7 @@ async fn two_server_processes_share_one_database() {
     );
     let left = count(
         &db,
-        "SELECT COUNT(*) AS n FROM log_entries WHERE account_no = (SELECT id FROM account_numbers WHERE value = $1) AND api_key_id = 'key_purged'",
+        "SELECT COUNT(*) AS n FROM log_entries WHERE account_no = (SELECT id FROM account_numbers WHERE value = $1) AND api_key_no = (SELECT id FROM api_key_numbers WHERE value = 'key_purged')",
         PURGE_ACCOUNT,
     )
     .await;

@@ -10,7 +10,7 @@ use sea_orm::{
 };
 
 use super::StoreError;
-use super::dictionary::account_no;
+use super::dictionary::{Dictionary, account_no, holds_number_of};
 use super::entity::{account, api_key, log_entry};
 use super::writer::{WriterDb, WriterTxn};
 use crate::domain::lifecycle::{Plan, Retention};
@@ -124,7 +124,11 @@ pub async fn delete_key_rows(
     batch
         .from(log_entry::Entity)
         .and_where(log_entry::Column::AccountNo.eq(account_no))
-        .and_where(log_entry::Column::ApiKeyId.eq(api_key_id))
+        .and_where(holds_number_of(
+            log_entry::Column::ApiKeyNo,
+            Dictionary::ApiKeys,
+            &[api_key_id],
+        ))
         .limit(limit);
     let deleted = delete_batch(&txn, batch).await?;
     txn.commit().await?;
@@ -464,22 +468,28 @@ pub async fn purged_keys_with_rows(
     db: &impl ConnectionTrait,
     only: Option<&str>,
 ) -> Result<Vec<(String, String)>, StoreError> {
-    let numbers = Alias::new("account_numbers");
+    let accounts = Alias::new(Dictionary::Accounts.table_name());
+    let keys = Alias::new(Dictionary::ApiKeys.table_name());
     let mut has_rows = Query::select();
     has_rows
         .expr(Expr::val(1))
         .from(log_entry::Entity)
         .inner_join(
-            numbers.clone(),
-            Expr::col((numbers.clone(), Alias::new("id")))
+            accounts.clone(),
+            Expr::col((accounts.clone(), Alias::new("id")))
                 .equals((log_entry::Entity, log_entry::Column::AccountNo)),
         )
+        .inner_join(
+            keys.clone(),
+            Expr::col((keys.clone(), Alias::new("id")))
+                .equals((log_entry::Entity, log_entry::Column::ApiKeyNo)),
+        )
         .and_where(
-            Expr::col((numbers, Alias::new("value")))
+            Expr::col((accounts, Alias::new("value")))
                 .equals((api_key::Entity, api_key::Column::AccountId)),
         )
         .and_where(
-            Expr::col((log_entry::Entity, log_entry::Column::ApiKeyId))
+            Expr::col((keys, Alias::new("value")))
                 .equals((api_key::Entity, api_key::Column::ApiKeyId)),
         );
     let mut keys = api_key::Entity::find()
@@ -549,9 +559,9 @@ mod tests {
         // Ten rows of days 100–109 and their keys, and a cutoff far after them.
         db.execute_unprepared(
             "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 9) \
-             INSERT INTO log_entries (id, account_no, ts, api_key_id, api_key_name, \
+             INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_name, \
              api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
-             SELECT i + 1, 1, (100 + i) * 86400000000, 'k', 'name', 'pk_', 'GET', '/v1', \
+             SELECT i + 1, 1, (100 + i) * 86400000000, 1, 'name', 'pk_', 'GET', '/v1', \
              200, X'ab', 1 FROM n",
         )
         .await

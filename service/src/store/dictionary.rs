@@ -14,7 +14,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sea_orm::sea_query::{Alias, Expr, OnConflict, Query};
+use sea_orm::sea_query::{
+    Alias, Expr, IntoColumnRef, OnConflict, Query, SelectStatement, SimpleExpr, UnionType,
+};
 use sea_orm::{ConnectionTrait, DbErr};
 
 use super::StoreError;
@@ -156,16 +158,46 @@ pub async fn texts(
     dictionary: Dictionary,
     ids: impl Iterator<Item = i64>,
 ) -> Result<HashMap<i64, String>, StoreError> {
-    let ids: Vec<i64> = ids.collect::<HashSet<_>>().into_iter().collect();
-    let mut texts = HashMap::with_capacity(ids.len());
-    for chunk in ids.chunks(CHUNK) {
-        let select = Query::select()
-            .columns([Alias::new("id"), Alias::new("value")])
-            .from(dictionary.table())
-            .and_where(Expr::col(Alias::new("id")).is_in(chunk.iter().copied()))
-            .to_owned();
-        let backend = db.get_database_backend();
-        for row in db.query_all(backend.build(&select)).await? {
+    let [texts] = texts_of(db, [(dictionary, ids.collect())]).await?;
+    Ok(texts)
+}
+
+/// The text of each number, for several dictionaries at once: one statement (per 500
+/// numbers of each), so that a page spells its agents and keys in one round trip.
+pub async fn texts_of<const N: usize>(
+    db: &impl ConnectionTrait,
+    wanted: [(Dictionary, Vec<i64>); N],
+) -> Result<[HashMap<i64, String>; N], StoreError> {
+    let mut texts: [HashMap<i64, String>; N] = std::array::from_fn(|_| HashMap::new());
+    let mut parts: Vec<SelectStatement> = Vec::new();
+    for (index, (dictionary, ids)) in wanted.into_iter().enumerate() {
+        let ids: Vec<i64> = ids
+            .into_iter()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        for chunk in ids.chunks(CHUNK) {
+            parts.push(
+                Query::select()
+                    .expr_as(Expr::val(index as i64), Alias::new("part"))
+                    .columns([Alias::new("id"), Alias::new("value")])
+                    .from(dictionary.table())
+                    .and_where(Expr::col(Alias::new("id")).is_in(chunk.iter().copied()))
+                    .to_owned(),
+            );
+        }
+    }
+    let mut parts = parts.into_iter();
+    let Some(mut select) = parts.next() else {
+        return Ok(texts);
+    };
+    for part in parts {
+        select.union(UnionType::All, part);
+    }
+    let backend = db.get_database_backend();
+    for row in db.query_all(backend.build(&select)).await? {
+        let part: i64 = row.try_get("", "part")?;
+        if let Some(texts) = usize::try_from(part).ok().and_then(|i| texts.get_mut(i)) {
             texts.insert(row.try_get("", "id")?, row.try_get::<String>("", "value")?);
         }
     }
@@ -188,6 +220,31 @@ pub async fn find(
     match db.query_one(backend.build(&select)).await? {
         Some(row) => Ok(Some(row.try_get("", "id")?)),
         None => Ok(None),
+    }
+}
+
+/// The condition "`column` holds the number of one of `values`" in `dictionary`, looked up
+/// by the statement itself: a value never added matches nothing. One value is compared to a
+/// scalar subquery, which both planners evaluate once and use like a constant, so an index
+/// led by the account and the column still yields rows in its order; several are an `IN`.
+pub fn holds_number_of(
+    column: impl IntoColumnRef,
+    dictionary: Dictionary,
+    values: &[&str],
+) -> SimpleExpr {
+    let mut numbers = Query::select();
+    numbers.column(Alias::new("id")).from(dictionary.table());
+    let value = Expr::col(Alias::new("value"));
+    match values {
+        [one] => {
+            numbers.and_where(value.eq(*one));
+            let scalar = SimpleExpr::SubQuery(None, Box::new(numbers.into_sub_query_statement()));
+            Expr::col(column).eq(scalar)
+        }
+        _ => {
+            numbers.and_where(value.is_in(values.iter().copied()));
+            Expr::col(column).in_subquery(numbers)
+        }
     }
 }
 
@@ -245,6 +302,41 @@ mod tests {
         assert_eq!(texts.len(), 2);
         assert_eq!(texts[&curl], "curl/8");
         assert_eq!(texts[&python], "python/3");
+    }
+
+    #[tokio::test]
+    async fn texts_of_several_dictionaries_keep_each_dictionarys_numbers_apart() {
+        let (_dir, db) = crate::store::test_database().await;
+        db.execute_unprepared(
+            "INSERT INTO user_agents (id, value) VALUES (1, 'curl/8'), (2, 'node/20'); \
+             INSERT INTO api_key_numbers (id, value) VALUES (1, 'key_a'), (3, 'key_c')",
+        )
+        .await
+        .unwrap();
+        let [agents, keys, none] = texts_of(
+            &db,
+            [
+                (Dictionary::UserAgents, vec![1, 2, 1]),
+                (Dictionary::ApiKeys, vec![1, 3, 4]),
+                (Dictionary::Endpoints, Vec::new()),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            agents,
+            HashMap::from([(1, "curl/8".into()), (2, "node/20".into())])
+        );
+        assert_eq!(
+            keys,
+            HashMap::from([(1, "key_a".into()), (3, "key_c".into())])
+        );
+        assert!(none.is_empty());
+        // Nothing asked, no statement needed.
+        let [empty] = texts_of(&db, [(Dictionary::ApiKeys, Vec::new())])
+            .await
+            .unwrap();
+        assert!(empty.is_empty());
     }
 
     #[tokio::test]

@@ -23,7 +23,11 @@ pub mod log_entry {
         /// The idempotency key, if any.
         #[sea_orm(column_type = "Text", nullable)]
         pub request_id: Option<RequestId>,
-        /// The API key.
+        /// The API key id's number in `api_key_numbers`.
+        pub api_key_no: i32,
+        /// The API key id: not a column of the table, filled in by `store::logs::page` from
+        /// `api_key_numbers`.
+        #[sea_orm(ignore)]
         pub api_key_id: String,
         /// The key's name when the request was made.
         pub api_key_name: String,

@@ -434,14 +434,14 @@ mod tests {
         db.execute_unprepared(&format!(
             "INSERT INTO account_numbers (id, value) VALUES (1, 'a'), (2, 'b'); \
              WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count}) \
-             INSERT INTO log_entries (id, account_no, ts, api_key_id, api_key_name, \
+             INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_name, \
              api_key_prefix, method, endpoint, query_params, status_code, ip_hash, \
              duration_ms) \
-             SELECT i, 1, i, 'k', 'name', 'pk_', 'GET', '/v1', \
+             SELECT i, 1, i, 1, 'name', 'pk_', 'GET', '/v1', \
              CASE WHEN i % 2 = 1 THEN 'q=' || (i % 7) END, 200, X'AB01', 1 FROM n; \
-             INSERT INTO log_entries (id, account_no, ts, api_key_id, api_key_name, \
+             INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_name, \
              api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
-             VALUES ({count} + 1, 2, 5, 'k', 'name', 'pk_', 'GET', '/v1', 200, X'', 1)"
+             VALUES ({count} + 1, 2, 5, 1, 'name', 'pk_', 'GET', '/v1', 200, X'', 1)"
         ))
         .await
         .expect("seed rows");
@@ -494,9 +494,9 @@ mod tests {
             .expect("open");
         assert!(matches!(reader.snapshot, Snapshot::Own(_)));
         db.execute_unprepared(
-            "INSERT INTO log_entries (id, account_no, ts, api_key_id, api_key_name, \
+            "INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_name, \
              api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
-             VALUES (9000, 1, 9000, 'k', 'name', 'pk_', 'GET', '/v1', 200, X'AB01', 1)",
+             VALUES (9000, 1, 9000, 1, 'name', 'pk_', 'GET', '/v1', 200, X'AB01', 1)",
         )
         .await
         .expect("a row after the snapshot");

@@ -11,7 +11,7 @@ use sea_orm::{
 };
 
 use super::StoreError;
-use super::dictionary::{self, Dictionary, account_no};
+use super::dictionary::{self, Dictionary, account_no, holds_number_of};
 use super::entity::{api_key, log_entry};
 use crate::domain::filter::{LogFilter, LogQuery, SortField, SortOrder};
 use crate::domain::ip::{from_hex, hex_prefix_range, to_hex};
@@ -76,7 +76,7 @@ pub async fn page(
 }
 
 /// PostgreSQL: whether this query's pages are best read by walking an index in time order
-/// (`(account_no, ts, id)`, or `(account_no, api_key_id, ts, id)` for one key), so that the
+/// (`(account_no, ts, id)`, or `(account_no, api_key_no, ts, id)` for one key), so that the
 /// planner is told to avoid sorting (`enable_sort = off`, for one transaction). Such a walk
 /// stops after a page's rows. Left to its estimate, the planner sorts instead when it
 /// believes the account small, as it does when the table's statistics do not name the
@@ -106,20 +106,36 @@ fn may_sort_without_statistics(filter: &LogFilter) -> bool {
         || filter.endpoint_prefix.is_some()
 }
 
-/// Puts each row's account id and user agent text in place of their numbers: the account
-/// is the query's, the agents one lookup a page (`user_agents`).
+/// Puts each row's account id, key id and user agent text in place of their numbers: the
+/// account is the query's, the keys and agents one lookup a page (`api_key_numbers`,
+/// `user_agents`).
 async fn fill_texts(
     db: &impl ConnectionTrait,
     account_id: &str,
     rows: &mut [log_entry::Model],
 ) -> Result<(), StoreError> {
-    let ids = rows.iter().filter_map(|row| row.user_agent_id);
-    let texts = dictionary::texts(db, Dictionary::UserAgents, ids).await?;
+    let [agents, keys] = dictionary::texts_of(
+        db,
+        [
+            (
+                Dictionary::UserAgents,
+                rows.iter().filter_map(|row| row.user_agent_id).collect(),
+            ),
+            (
+                Dictionary::ApiKeys,
+                rows.iter().map(|row| i64::from(row.api_key_no)).collect(),
+            ),
+        ],
+    )
+    .await?;
     for row in rows.iter_mut() {
         account_id.clone_into(&mut row.account_id);
-        // Ids are never removed, so every row's id is found.
-        if let Some(text) = row.user_agent_id.and_then(|id| texts.get(&id)) {
+        // Numbers are never removed, so every row's are found.
+        if let Some(text) = row.user_agent_id.and_then(|id| agents.get(&id)) {
             row.user_agent.clone_from(text);
+        }
+        if let Some(text) = keys.get(&i64::from(row.api_key_no)) {
+            row.api_key_id.clone_from(text);
         }
     }
     Ok(())
@@ -703,7 +719,8 @@ fn with_row_conditions(backend: DbBackend, filter: &LogFilter, mut all: Conditio
         all = all.add(search_condition(backend, term));
     }
     if !filter.api_key_ids.is_empty() {
-        all = all.add(C::ApiKeyId.is_in(filter.api_key_ids.iter().map(String::as_str)));
+        let ids: Vec<&str> = filter.api_key_ids.iter().map(String::as_str).collect();
+        all = all.add(holds_number_of(C::ApiKeyNo, Dictionary::ApiKeys, &ids));
     }
     if !filter.methods.is_empty() {
         all = all.add(C::Method.is_in(filter.methods.iter().copied()));
@@ -890,13 +907,91 @@ mod tests {
                     assert!(
                         has("SEARCH log_entries USING COVERING INDEX idx_log_entries_id (id>?)")
                             && has("(account_no=? AND ts=?)")
-                                != has("(account_no=? AND api_key_id=? AND ts=?)")
+                                != has("(account_no=? AND api_key_no=? AND ts=?)")
                             && !has("SCAN"),
                         "{filter:?}, descending {descending}, after {after:?}: {plan:#?}"
                     );
                 }
             }
         }
+    }
+
+    /// A database from before rows held key numbers: the migration numbers every row's key
+    /// (keeping the key index's planner statistics), pages spell them back, every key
+    /// filter still selects by id, and reverting it gives the text back.
+    #[tokio::test]
+    async fn rows_hold_key_numbers_and_pages_spell_them() {
+        use reqlog_migrations::{Migrator, MigratorTrait};
+        let (_dir, db) = crate::store::test_database().await;
+        Migrator::down(&db, Some(1)).await.expect("down");
+        db.execute_unprepared(
+            "INSERT INTO account_numbers (id, value) VALUES (1, 'a'); \
+             INSERT INTO log_entries (id, account_no, ts, api_key_id, api_key_name, \
+             api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
+             VALUES (1, 1, 1, 'zeta', 'Z', 'pk_z', 'GET', '/v1', 200, X'ab', 1), \
+                    (2, 1, 2, 'alpha', 'A', 'pk_a', 'GET', '/v1', 200, X'ab', 1), \
+                    (3, 1, 3, 'zeta', 'Z', 'pk_z', 'GET', '/v1', 200, X'ab', 1); \
+             UPDATE log_id_sequence SET last_id = 3; \
+             UPDATE sqlite_stat1 SET stat = '7 7 3 1 1' \
+             WHERE idx = 'idx_log_entries_account_key_ts'",
+        )
+        .await
+        .expect("rows of the old shape");
+        Migrator::up(&db, None).await.expect("up");
+        let one = |sql: &'static str| {
+            let db = db.clone();
+            async move {
+                db.query_one(sea_orm::Statement::from_string(DbBackend::Sqlite, sql))
+                    .await
+                    .expect("a query")
+                    .expect("a row")
+                    .try_get::<String>("", "v")
+                    .expect("text")
+            }
+        };
+        assert_eq!(
+            one("SELECT group_concat(typeof(api_key_no)) AS v FROM log_entries").await,
+            "integer,integer,integer"
+        );
+        assert_eq!(
+            one("SELECT stat AS v FROM sqlite_stat1 WHERE idx = 'idx_log_entries_account_key_ts'")
+                .await,
+            "7 7 3 1 1"
+        );
+        let keys_of = |ids: &[&str]| {
+            let filter = LogFilter {
+                api_key_ids: ids.iter().map(|id| (*id).to_owned()).collect(),
+                ..LogFilter::default()
+            };
+            let query = LogQuery::new("a", filter, SortOrder::default()).expect("a valid query");
+            let db = db.clone();
+            async move {
+                page(&db, &query, None, 100, true)
+                    .await
+                    .expect("a page")
+                    .rows
+                    .into_iter()
+                    .map(|row| (row.id, row.api_key_id))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let zeta = |id: i64| (id, "zeta".to_owned());
+        let all = vec![zeta(3), (2, "alpha".to_owned()), zeta(1)];
+        assert_eq!(keys_of(&[]).await, all);
+        assert_eq!(keys_of(&["zeta"]).await, [zeta(3), zeta(1)]);
+        assert_eq!(keys_of(&["alpha", "zeta"]).await, all);
+        assert_eq!(keys_of(&["nobody"]).await, []);
+        assert_eq!(
+            keys_of(&["nobody", "alpha"]).await,
+            [(2, "alpha".to_owned())]
+        );
+
+        Migrator::down(&db, Some(1)).await.expect("down again");
+        assert_eq!(
+            one("SELECT group_concat(api_key_id) AS v FROM (SELECT api_key_id FROM log_entries ORDER BY id)")
+                .await,
+            "zeta,alpha,zeta"
+        );
     }
 
     #[test]

@@ -426,10 +426,10 @@ mod tests {
         let (_dir, db) = crate::store::test_database().await;
         assert_eq!(index_pending(&db).await.unwrap(), 0);
         for statement in [
-            "INSERT INTO log_entries (id, account_no, ts, api_key_id, api_key_name, \
+            "INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_name, \
              api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
-             VALUES (1, 1, 1, 'k', 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 1), \
-                    (2, 1, 2, 'k', 'name', 'pk_', 'GET', '/v1/other', 200, X'ab', 1)",
+             VALUES (1, 1, 1, 1, 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 1), \
+                    (2, 1, 2, 1, 'name', 'pk_', 'GET', '/v1/other', 200, X'ab', 1)",
             "UPDATE log_id_sequence SET last_id = 2",
         ] {
             db.execute_unprepared(statement).await.unwrap();
@@ -468,15 +468,16 @@ mod tests {
         assert_eq!(chunk(&db).await, (0, false));
         db.execute_unprepared(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600) \
-             INSERT INTO log_entries (id, account_no, ts, api_key_id, api_key_name, \
+             INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_name, \
              api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
-             SELECT i, 1, i, 'k', 'name', 'pk_', 'GET', '/v1/row' || i, 200, X'ab', 1 FROM n",
+             SELECT i, 1, i, 1, 'name', 'pk_', 'GET', '/v1/row' || i, 200, X'ab', 1 FROM n",
         )
         .await
         .unwrap();
         db.execute_unprepared(
             "UPDATE log_id_sequence SET last_id = 600; \
-             INSERT INTO account_numbers (id, value) VALUES (1, 'a')",
+             INSERT INTO account_numbers (id, value) VALUES (1, 'a'); \
+             INSERT INTO api_key_numbers (id, value) VALUES (1, 'k')",
         )
         .await
         .unwrap();
@@ -513,10 +514,11 @@ mod tests {
         let (_dir, db) = crate::store::test_database().await;
         db.execute_unprepared(
             "INSERT INTO account_numbers (id, value) VALUES (1, 'a'); \
-             INSERT INTO log_entries (id, account_no, ts, api_key_id, api_key_name, \
+             INSERT INTO api_key_numbers (id, value) VALUES (1, 'gone'), (2, 'kept'); \
+             INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_name, \
              api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
-             VALUES (1, 1, 1, 'gone', 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 1), \
-                    (2, 1, 2, 'kept', 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 1)",
+             VALUES (1, 1, 1, 1, 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 1), \
+                    (2, 1, 2, 2, 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 1)",
         )
         .await
         .unwrap();
@@ -601,12 +603,12 @@ mod tests {
         let (_dir, db) = crate::store::test_database().await;
         db.execute_unprepared(
             "INSERT INTO account_numbers (id, value) VALUES (1, 'a'); \
-             INSERT INTO log_entries (id, account_no, ts, api_key_id, api_key_name, \
+             INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_name, \
              api_key_prefix, method, endpoint, query_params, status_code, error_code, \
              ip_hash, duration_ms) \
-             VALUES (1, 1, 1, 'k', 'Billing', 'pk_live', 'GET', '/v1/charges', 'limit=5', \
+             VALUES (1, 1, 1, 1, 'Billing', 'pk_live', 'GET', '/v1/charges', 'limit=5', \
                      402, 'CARD_DECLINED', X'ab', 1), \
-                    (2, 1, 2, 'k', 'Reports', 'pk_test', 'GET', '/v1/export', NULL, \
+                    (2, 1, 2, 1, 'Reports', 'pk_test', 'GET', '/v1/export', NULL, \
                      200, NULL, X'ab', 1); \
              UPDATE log_id_sequence SET last_id = 2",
         )
@@ -642,8 +644,8 @@ mod tests {
     async fn the_sqlite_column_migration_indexes_every_row_again() {
         use reqlog_migrations::{Migrator, MigratorTrait};
         let (_dir, db) = crate::store::test_database().await;
-        // This migration and the two after it.
-        Migrator::down(&db, Some(3)).await.expect("down");
+        // This migration and the three after it.
+        Migrator::down(&db, Some(4)).await.expect("down");
         // A database from before the migration: two rows indexed as one text, one of them
         // deleted and queued for the indexer.
         db.execute_unprepared(

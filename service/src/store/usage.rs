@@ -27,7 +27,7 @@ use sea_orm::sea_query::{
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, Value};
 
 use super::StoreError;
-use super::dictionary::{Dictionary, account_no};
+use super::dictionary::{Dictionary, account_no, holds_number_of};
 use super::entity::{log_entry, usage_stat};
 use super::writer::INSERT_CHUNK_ROWS;
 use crate::domain::lifecycle::{Dimension, Granularity, UsageQuery};
@@ -223,13 +223,13 @@ pub async fn fold_before_delete_sqlite(
     fold_sqlite(txn, &format!(r#"{condition} AND "id" > ?"#), values).await
 }
 
-/// The connection's scratch table for a fold: the rows' counts grouped by text, before the
-/// texts become numbers. Temporary tables are the connection's own, never written to the
+/// The connection's scratch table for a fold: the rows' counts grouped, before their paths
+/// become numbers. Temporary tables are the connection's own, never written to the
 /// database file, and this one is emptied at the end of each fold.
 const FOLD_SCRATCH: &str = "CREATE TEMP TABLE IF NOT EXISTS usage_fold (
     account_no INTEGER NOT NULL,
     bucket_start INTEGER NOT NULL,
-    api_key_id TEXT NOT NULL,
+    api_key_no INTEGER NOT NULL,
     endpoint TEXT NOT NULL,
     method TEXT NOT NULL,
     status_code INTEGER NOT NULL,
@@ -241,7 +241,7 @@ const FOLD_SCRATCH: &str = "CREATE TEMP TABLE IF NOT EXISTS usage_fold (
 
 /// Adds the `log_entries` rows that `condition` (SQL over the table's columns, with
 /// `values` bound to its `?`) selects to the counters, grouped first (SQLite). The rows are
-/// read once, into the scratch table; the dictionaries get the few texts they lack from it.
+/// read once, into the scratch table; the paths' dictionary gets the few it lacks from it.
 async fn fold_sqlite(
     txn: &impl ConnectionTrait,
     condition: &str,
@@ -257,7 +257,7 @@ async fn fold_sqlite(
     run(FOLD_SCRATCH.to_owned(), Vec::new()).await?;
     run(
         format!(
-            r#"INSERT INTO temp.usage_fold SELECT "account_no", {SQLITE_HOUR_OF_TS}, "api_key_id",
+            r#"INSERT INTO temp.usage_fold SELECT "account_no", {SQLITE_HOUR_OF_TS}, "api_key_no",
             "endpoint", "method", "status_code", COUNT(*), SUM("status_code" >= 400),
             SUM("duration_ms"), MAX("duration_ms") FROM "log_entries" WHERE {condition}
             GROUP BY 1, 2, 3, 4, 5, 6"#
@@ -265,32 +265,22 @@ async fn fold_sqlite(
         values,
     )
     .await?;
-    for (dictionary, column) in [
-        (Dictionary::ApiKeys, "api_key_id"),
-        (Dictionary::Endpoints, "endpoint"),
-    ] {
-        // The WHERE tells SQLite's parser that the upsert's ON is not a join's.
-        run(
-            format!(
-                r#"INSERT INTO "{}" ("value") SELECT DISTINCT "{column}" FROM temp.usage_fold
-                WHERE true ON CONFLICT ("value") DO NOTHING"#,
-                dictionary.table_name()
-            ),
-            Vec::new(),
-        )
-        .await?;
-    }
+    // The WHERE tells SQLite's parser that the upsert's ON is not a join's.
+    run(
+        format!(
+            r#"INSERT INTO "{}" ("value") SELECT DISTINCT "endpoint" FROM temp.usage_fold
+            WHERE true ON CONFLICT ("value") DO NOTHING"#,
+            Dictionary::Endpoints.table_name()
+        ),
+        Vec::new(),
+    )
+    .await?;
     let fold = Alias::new("usage_fold");
-    let keys = Alias::new(Dictionary::ApiKeys.table_name());
     let endpoints = Alias::new(Dictionary::Endpoints.table_name());
-    let id = || Alias::new("id");
-    let value = || Alias::new("value");
     let scratch = |column: &str| Expr::col((fold.clone(), Alias::new(column)));
     let mut rows = Query::select();
-    rows.expr(scratch("account_no"))
-        .expr(scratch("bucket_start"))
-        .expr(Expr::col((keys.clone(), id())))
-        .expr(Expr::col((endpoints.clone(), id())))
+    rows.exprs(["account_no", "bucket_start", "api_key_no"].map(scratch))
+        .expr(Expr::col((endpoints.clone(), Alias::new("id"))))
         .exprs(
             [
                 "method",
@@ -304,12 +294,8 @@ async fn fold_sqlite(
         )
         .from(fold.clone())
         .inner_join(
-            keys.clone(),
-            Expr::col((keys, value())).equals((fold.clone(), Alias::new("api_key_id"))),
-        )
-        .inner_join(
             endpoints.clone(),
-            Expr::col((endpoints, value())).equals((fold, Alias::new("endpoint"))),
+            Expr::col((endpoints, Alias::new("value"))).equals((fold, Alias::new("endpoint"))),
         )
         .and_where(Expr::cust("true"));
     let mut insert = Query::insert();
@@ -347,21 +333,12 @@ pub struct UsageRow {
     pub max_duration_ms: i64,
 }
 
-/// The text of the number in `column` of `usage_stats`, in `dictionary`.
-fn spelled(dictionary: Dictionary, column: &str) -> SimpleExpr {
+/// The text of the number in `table`'s `column`, in `dictionary`.
+fn spelled(dictionary: Dictionary, table: &str, column: &str) -> SimpleExpr {
     Expr::cust(format!(
-        r#"(SELECT "value" FROM "{}" WHERE "id" = "usage_stats"."{column}")"#,
+        r#"(SELECT "value" FROM "{}" WHERE "id" = "{table}"."{column}")"#,
         dictionary.table_name()
     ))
-}
-
-/// The number of `value` in `dictionary` (none when it has none, which no row matches).
-fn number_of(dictionary: Dictionary, value: &str) -> SelectStatement {
-    Query::select()
-        .column(Alias::new("id"))
-        .from(Alias::new(dictionary.table_name()))
-        .and_where(Expr::col(Alias::new("value")).eq(value))
-        .to_owned()
 }
 
 /// The account's hourly counts within the query's bounds and key, as counter rows
@@ -376,13 +353,13 @@ fn counted(backend: DbBackend, account_no: i64, query: &UsageQuery) -> SelectSta
     counters.column(C::BucketStart);
     if grouped(Dimension::ApiKey) {
         counters.expr_as(
-            spelled(Dictionary::ApiKeys, "api_key_no"),
+            spelled(Dictionary::ApiKeys, "usage_stats", "api_key_no"),
             Alias::new("api_key_id"),
         );
     }
     if grouped(Dimension::Endpoint) {
         counters.expr_as(
-            spelled(Dictionary::Endpoints, "endpoint_no"),
+            spelled(Dictionary::Endpoints, "usage_stats", "endpoint_no"),
             Alias::new("endpoint"),
         );
     }
@@ -400,7 +377,7 @@ fn counted(backend: DbBackend, account_no: i64, query: &UsageQuery) -> SelectSta
         .and_where(Expr::col(C::BucketStart).gte(query.start_seconds))
         .and_where(Expr::col(C::BucketStart).lt(query.end_seconds));
     if let Some(key) = &query.api_key_id {
-        counters.and_where(Expr::col(C::ApiKeyNo).in_subquery(number_of(Dictionary::ApiKeys, key)));
+        counters.and_where(holds_number_of(C::ApiKeyNo, Dictionary::ApiKeys, &[key]));
     }
     if backend != DbBackend::Sqlite {
         return counters;
@@ -410,7 +387,10 @@ fn counted(backend: DbBackend, account_no: i64, query: &UsageQuery) -> SelectSta
     let mut unfolded = Query::select();
     unfolded.expr_as(hour(), Alias::new("bucket_start"));
     if grouped(Dimension::ApiKey) {
-        unfolded.column(L::ApiKeyId);
+        unfolded.expr_as(
+            spelled(Dictionary::ApiKeys, "log_entries", "api_key_no"),
+            Alias::new("api_key_id"),
+        );
     }
     if grouped(Dimension::Endpoint) {
         unfolded.column(L::Endpoint);
@@ -445,7 +425,7 @@ fn counted(backend: DbBackend, account_no: i64, query: &UsageQuery) -> SelectSta
             [query.end_seconds],
         ));
     if let Some(key) = &query.api_key_id {
-        unfolded.and_where(Expr::col(L::ApiKeyId).eq(key.as_str()));
+        unfolded.and_where(holds_number_of(L::ApiKeyNo, Dictionary::ApiKeys, &[key]));
     }
     counters.union(UnionType::All, unfolded);
     counters
@@ -545,19 +525,22 @@ mod tests {
 
     const HOUR_MICROS: i64 = 3_600_000_000;
 
-    /// Account `a` (number 1) with rows 1..=n (none for 0): row i at hour 100 + i % 3,
-    /// status 200 or (every fourth) 500, i ms.
+    /// Account `a` (number 1) with rows 1..=n (none for 0) of key `k` (number 1): row i at
+    /// hour 100 + i % 3, status 200 or (every fourth) 500, i ms.
     async fn rows(n: i64) -> (tempfile::TempDir, DatabaseConnection) {
         let (dir, db) = crate::store::test_database().await;
-        db.execute_unprepared("INSERT INTO account_numbers (id, value) VALUES (1, 'a')")
-            .await
-            .unwrap();
+        db.execute_unprepared(
+            "INSERT INTO account_numbers (id, value) VALUES (1, 'a'); \
+             INSERT INTO api_key_numbers (id, value) VALUES (1, 'k')",
+        )
+        .await
+        .unwrap();
         db.execute_unprepared(&format!(
             "WITH RECURSIVE n(i) AS (SELECT 1 WHERE {n} > 0 UNION ALL SELECT i + 1 FROM n \
              WHERE i < {n}) \
-             INSERT INTO log_entries (id, account_no, ts, api_key_id, api_key_name, \
+             INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_name, \
              api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
-             SELECT i, 1, (100 + i % 3) * {HOUR_MICROS} + i, 'k', 'name', 'pk_', 'GET', '/v1', \
+             SELECT i, 1, (100 + i % 3) * {HOUR_MICROS} + i, 1, 'name', 'pk_', 'GET', '/v1', \
              CASE WHEN i % 4 = 0 THEN 500 ELSE 200 END, X'ab', i FROM n"
         ))
         .await
@@ -652,9 +635,9 @@ mod tests {
         assert_eq!(counts(&db).await, TWELVE);
         // Rows after the fold are added to the counters, not counted twice.
         db.execute_unprepared(&format!(
-            "INSERT INTO log_entries (id, account_no, ts, api_key_id, api_key_name, \
+            "INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_name, \
              api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
-             VALUES (13, 1, 100 * {HOUR_MICROS}, 'k', 'name', 'pk_', 'GET', '/v1', 200, X'ab', 40); \
+             VALUES (13, 1, 100 * {HOUR_MICROS}, 1, 'name', 'pk_', 'GET', '/v1', 200, X'ab', 40); \
              UPDATE log_id_sequence SET last_id = 13 WHERE name = 'log_entries'"
         ))
         .await
@@ -672,9 +655,11 @@ mod tests {
         // Keys and paths arrive in the reverse of their text order, so their numbers are too.
         let insert = |id: i64, key: &str, endpoint: &str| {
             format!(
-                "INSERT INTO log_entries (id, account_no, ts, api_key_id, api_key_name, \
+                "INSERT OR IGNORE INTO api_key_numbers (value) VALUES ('{key}'); \
+                 INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_name, \
                  api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
-                 VALUES ({id}, 1, 100 * {HOUR_MICROS} + {id}, '{key}', 'name', 'pk_', 'GET', \
+                 VALUES ({id}, 1, 100 * {HOUR_MICROS} + {id}, \
+                 (SELECT id FROM api_key_numbers WHERE value = '{key}'), 'name', 'pk_', 'GET', \
                  '{endpoint}', 200, X'ab', {id}); \
                  UPDATE log_id_sequence SET last_id = {id} WHERE name = 'log_entries'"
             )
@@ -717,7 +702,6 @@ mod tests {
         assert_eq!(read(grouped(None)).await, all);
         crate::store::search::index_pending(&db).await.unwrap();
         assert_eq!(count(&db, "usage_stats").await, 3);
-        assert_eq!(count(&db, "api_key_numbers").await, 2);
         assert_eq!(count(&db, "endpoint_numbers").await, 2);
         assert_eq!(read(grouped(None)).await, all);
         assert_eq!(read(grouped(Some("zeta"))).await, zeta);
@@ -732,7 +716,7 @@ mod tests {
         assert_eq!(read(grouped(None)).await, four);
         crate::store::search::index_pending(&db).await.unwrap();
         assert_eq!(read(grouped(None)).await, four);
-        assert_eq!(count(&db, "api_key_numbers").await, 2);
+        assert_eq!(count(&db, "endpoint_numbers").await, 2);
         assert_eq!(count(&db, "usage_stats").await, 3);
         // The counters hold the dictionaries' numbers, not the texts.
         let row = db
@@ -783,9 +767,9 @@ mod tests {
     async fn rows_counted_at_ingest_before_the_migration_are_counted_once() {
         use reqlog_migrations::{Migrator, MigratorTrait};
         let (_dir, db) = rows(12).await;
-        // Reverting the migration (and the four after it) counts the rows no chunk folded,
+        // Reverting the migration (and the five after it) counts the rows no chunk folded,
         // as ingest would have.
-        Migrator::down(&db, Some(5)).await.unwrap();
+        Migrator::down(&db, Some(6)).await.unwrap();
         assert_eq!(count(&db, "usage_stats").await, 6);
         assert_eq!(counter_sums(&db).await, (12, (1..=12).sum()));
         // Applying it again: every existing row is in the counters already.

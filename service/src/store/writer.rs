@@ -450,7 +450,7 @@ fn contained<T>(work: impl FnOnce() -> Option<T>) -> Option<T> {
 struct Dictionaries {
     accounts: Ids,
     agents: Ids,
-    /// PostgreSQL's usage counters' key ids (SQLite's chunks add their own).
+    /// Rows' (and PostgreSQL's usage counters') key ids.
     keys: Ids,
     /// PostgreSQL's usage counters' paths.
     endpoints: Ids,
@@ -725,38 +725,39 @@ async fn commit_group(
         super::claims::covered(held, &group_claims, last_id).await?;
     }
 
-    let stored_agents = assigned
-        .keys()
-        .map(|&index| entries[index].user_agent.as_str());
-    let group_agents = dictionaries.agents.resolve(&txn, stored_agents).await?;
+    let stored = || assigned.keys().map(|&index| entries[index]);
+    let group_agents = dictionaries
+        .agents
+        .resolve(&txn, stored().map(|entry| entry.user_agent.as_str()))
+        .await?;
+    let group_keys = dictionaries
+        .keys
+        .resolve(&txn, stored().map(|entry| entry.api_key_id.as_str()))
+        .await?;
     let agent_id = |agent: &str| dictionaries.agents.id(&group_agents, agent);
-    insert_rows(&txn, entries, &assigned, &account_nos, agent_id).await?;
+    let key_no = |key: &str| dictionaries.keys.id(&group_keys, key);
+    insert_rows(&txn, entries, &assigned, &account_nos, agent_id, key_no).await?;
     // SQLite's counters are folded from the rows by the search indexer (`usage`).
-    let usage_numbers = if backend == DbBackend::Sqlite {
+    let group_endpoints = if backend == DbBackend::Sqlite {
         None
     } else {
-        let stored = || assigned.keys().map(|&index| entries[index]);
-        let keys = dictionaries
-            .keys
-            .resolve(&txn, stored().map(|entry| entry.api_key_id.as_str()))
-            .await?;
         let endpoints = dictionaries
             .endpoints
             .resolve(&txn, stored().map(|entry| entry.endpoint.as_str()))
             .await?;
         let number = |dictionary, value: &str| match dictionary {
-            Dictionary::ApiKeys => dictionaries.keys.id(&keys, value),
+            Dictionary::ApiKeys => dictionaries.keys.id(&group_keys, value),
             _ => dictionaries.endpoints.id(&endpoints, value),
         };
         let stored = assigned.keys().copied();
         super::usage::add_group(&txn, entries, stored, &account_nos, number).await?;
-        Some((keys, endpoints))
+        Some(endpoints)
     };
     txn.commit().await?;
     dictionaries.accounts.committed(group_accounts);
     dictionaries.agents.committed(group_agents);
-    if let Some((keys, endpoints)) = usage_numbers {
-        dictionaries.keys.committed(keys);
+    dictionaries.keys.committed(group_keys);
+    if let Some(endpoints) = group_endpoints {
         dictionaries.endpoints.committed(endpoints);
     }
 
@@ -1056,6 +1057,7 @@ async fn insert_rows(
     assigned: &HashMap<usize, i64>,
     account_nos: &[i64],
     agent_id: impl Fn(&str) -> Option<i64>,
+    key_no: impl Fn(&str) -> Option<i64>,
 ) -> Result<(), StoreError> {
     // (id, record, its account number)
     let mut rows: Vec<(i64, &NewLogEntry, i64)> = assigned
@@ -1071,7 +1073,7 @@ async fn insert_rows(
             log_entry::Column::AccountNo,
             log_entry::Column::Ts,
             log_entry::Column::RequestId,
-            log_entry::Column::ApiKeyId,
+            log_entry::Column::ApiKeyNo,
             log_entry::Column::ApiKeyName,
             log_entry::Column::ApiKeyPrefix,
             log_entry::Column::Method,
@@ -1085,6 +1087,9 @@ async fn insert_rows(
         ]);
         for &(id, entry, account_no) in chunk {
             let request_id = entry.request_id.as_deref();
+            let key_no = key_no(&entry.api_key_id).ok_or_else(|| {
+                StoreError::Database(DbErr::Custom("a key id has no number".into()))
+            })?;
             insert
                 .values([
                     id.into(),
@@ -1096,7 +1101,7 @@ async fn insert_rows(
                         Value::from(request_id)
                     }
                     .into(),
-                    entry.api_key_id.as_str().into(),
+                    key_no.into(),
                     entry.api_key_name.as_str().into(),
                     entry.api_key_prefix.as_str().into(),
                     entry.method.into(),
@@ -1304,9 +1309,9 @@ mod tests {
             .map(|row| row.request_id.map(|id| id.0))
             .collect();
         assert_eq!(read, ids.map(|id| Some(id.to_owned())));
-        // Reverting the migration (and the one after it) turns the bytes back into the same
+        // Reverting the migration (and the two after it) turns the bytes back into the same
         // text.
-        Migrator::down(&db, Some(2)).await.expect("down");
+        Migrator::down(&db, Some(3)).await.expect("down");
         let texts = db
             .query_all(Statement::from_string(
                 DbBackend::Sqlite,
