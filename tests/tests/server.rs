@@ -15,6 +15,7 @@ backend_tests!(
     health_follows_the_database,
     migrations_run_up_and_down,
     migrations_apply_on_connections_that_read_the_old_schema,
+    key_ids_and_paths_become_numbers_and_read_back_the_same,
     reflection_lists_every_service,
 );
 
@@ -201,6 +202,142 @@ async fn migrations_apply_on_connections_that_read_the_old_schema(backend: Backe
         .expect("the counters hold numbers");
     Migrator::down(&db, Some(2)).await.expect("down again");
     Migrator::up(&db, None).await.expect("up again");
+    db.close().await.ok();
+    test_db.remove().await;
+}
+
+/// A database from before key ids and paths were dictionary numbers, with rows and
+/// counters: after the migrations a page, a key filter and the statistics read the same
+/// texts and counts as before, and reverting them gives the texts back.
+async fn key_ids_and_paths_become_numbers_and_read_back_the_same(backend: Backend) {
+    use reqlog_service::domain::filter::{LogFilter, LogQuery, SortOrder};
+    use reqlog_service::domain::lifecycle::{Dimension, Granularity, UsageQuery};
+    use reqlog_service::store::{logs, usage};
+    let Some(test_db) = TestDb::create(backend).await else {
+        return;
+    };
+    let db = Database::connect(&test_db.url).await.expect("connect");
+    let all = Migrator::migrations().len();
+    Migrator::up(&db, Some(u32::try_from(all - 2).expect("a count")))
+        .await
+        .expect("up to before the numbers");
+    let hour: i64 = 3_600 * 500_000;
+    let ts = hour * 1_000_000;
+    // Two rows of key_b and one of key_a, and the counters that hold them (on SQLite, the
+    // rows are marked as folded into them).
+    let statements = [
+        "INSERT INTO account_numbers (id, value) VALUES (1, 'acct_m')".to_owned(),
+        format!(
+            "INSERT INTO log_entries (id, account_no, ts, api_key_id, api_key_name, \
+             api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) VALUES \
+             (1, 1, {ts}, 'key_b', 'B', 'pk_b', 'GET', '/v1/b', 200, {hash}, 5), \
+             (2, 1, {ts} + 1, 'key_a', 'A', 'pk_a', 'POST', '/v1/a', 500, {hash}, 7), \
+             (3, 1, {ts} + 2, 'key_b', 'B', 'pk_b', 'GET', '/v1/b', 200, {hash}, 9)",
+            hash = match backend {
+                Backend::Sqlite => "X'ab'",
+                Backend::Postgres => "'\\xab'::bytea",
+            }
+        ),
+        format!(
+            "INSERT INTO usage_stats (account_no, bucket_start, api_key_id, endpoint, method, \
+             status_code, request_count, error_count, total_duration_ms, max_duration_ms) \
+             VALUES (1, {hour}, 'key_b', '/v1/b', 'GET', 200, 2, 0, 14, 9), \
+             (1, {hour}, 'key_a', '/v1/a', 'POST', 500, 1, 1, 7, 7)"
+        ),
+    ];
+    for statement in &statements {
+        db.execute_unprepared(statement).await.expect("old rows");
+    }
+    if backend == Backend::Sqlite {
+        db.execute_unprepared(
+            "UPDATE log_id_sequence SET last_id = 3; \
+             UPDATE settings SET value = '3' WHERE name = 'usage_folded_through'",
+        )
+        .await
+        .expect("the rows are counted");
+    }
+    let texts = |column: &'static str, table: &'static str| {
+        let db = db.clone();
+        async move {
+            db.query_all(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                format!("SELECT {column} AS v FROM {table} ORDER BY {column}"),
+            ))
+            .await
+            .expect("texts")
+            .iter()
+            .map(|row| row.try_get::<String>("", "v").expect("text"))
+            .collect::<Vec<_>>()
+        }
+    };
+    let before = (
+        texts("api_key_id", "log_entries").await,
+        texts("api_key_id", "usage_stats").await,
+        texts("endpoint", "usage_stats").await,
+    );
+
+    Migrator::up(&db, None).await.expect("the numbers");
+    let keys_of = |ids: &[&str]| {
+        let filter = LogFilter {
+            api_key_ids: ids.iter().map(|id| (*id).to_owned()).collect(),
+            ..LogFilter::default()
+        };
+        let query = LogQuery::new("acct_m", filter, SortOrder::default()).expect("a query");
+        let db = db.clone();
+        async move {
+            logs::page(&db, &query, None, 10, true)
+                .await
+                .expect("a page")
+                .rows
+                .into_iter()
+                .map(|row| (row.id, row.api_key_id))
+                .collect::<Vec<_>>()
+        }
+    };
+    let b = |id: i64| (id, "key_b".to_owned());
+    assert_eq!(keys_of(&[]).await, [b(3), (2, "key_a".to_owned()), b(1)]);
+    assert_eq!(keys_of(&["key_b"]).await, [b(3), b(1)]);
+    let stats = usage::buckets(
+        &db,
+        &UsageQuery {
+            account_id: "acct_m".into(),
+            api_key_id: None,
+            start_seconds: 0,
+            end_seconds: hour * 2,
+            granularity: Granularity::Hour,
+            group_by: vec![Dimension::ApiKey, Dimension::Endpoint],
+        },
+    )
+    .await
+    .expect("statistics");
+    let stats: Vec<_> = stats
+        .into_iter()
+        .map(|row| {
+            (
+                row.api_key_id.expect("a key"),
+                row.endpoint.expect("a path"),
+                row.request_count,
+                row.total_duration_ms,
+            )
+        })
+        .collect();
+    assert_eq!(
+        stats,
+        [
+            ("key_a".to_owned(), "/v1/a".to_owned(), 1, 7),
+            ("key_b".to_owned(), "/v1/b".to_owned(), 2, 14),
+        ]
+    );
+
+    Migrator::down(&db, Some(2))
+        .await
+        .expect("down to the texts");
+    let after = (
+        texts("api_key_id", "log_entries").await,
+        texts("api_key_id", "usage_stats").await,
+        texts("endpoint", "usage_stats").await,
+    );
+    assert_eq!(after, before);
     db.close().await.ok();
     test_db.remove().await;
 }
