@@ -1,10 +1,11 @@
 //! The usage counters hold the API key id and the endpoint as numbers in two new
 //! dictionaries, `api_key_numbers` and `endpoint_numbers`, like the account.
 //!
-//! Both texts repeat in nearly every counter row: the benchmark's counters are sparse (about
-//! three rows for four requests), and each held an 11-character key id and a ~20-character
-//! path in its key. Nothing filters, sorts or searches the counters by these texts: a read
-//! groups by the numbers and spells them afterwards.
+//! Both texts repeat in nearly every counter row: hourly counters per key, path, method and
+//! status are sparse (1M benchmark rows: 46.9 B/row of counters), and each held an
+//! 11-character key id and a ~20-character path in its key. Nothing sorts or searches the
+//! counters by these texts: a read spells only the dimensions it groups by, and a key
+//! filter is one lookup.
 //!
 //! The counters are copied into a table of the new shape, which then takes the old name.
 //! Down copies them back as text.

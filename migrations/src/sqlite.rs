@@ -1,4 +1,4 @@
-//! Helpers for SQLite migrations.
+//! Helpers for migrations whose statements must apply as one unit, SQLite's above all.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{DatabaseBackend, TransactionTrait};

@@ -5,8 +5,11 @@
 //! - `account_numbers`: the account id leads the key of `log_entries`, `request_ids` and
 //!   `usage_stats` (and of both SQLite indexes); every query names one account, so it is
 //!   looked up once per request and the number bound in its place.
-//! - `api_key_numbers` and `endpoint_numbers`: the key id and the path in the usage
-//!   counters' key (`store::usage`), which reads group by the numbers and spell afterwards.
+//! - `api_key_numbers`: the key id of every row (and of the key index) and of every usage
+//!   counter. A filter's ids are looked up by the statement itself ([`holds_number_of`]);
+//!   a page spells its rows' numbers together with their agents ([`texts_of`]).
+//! - `endpoint_numbers`: the path in the usage counters' key (`store::usage`); a read
+//!   spells it only when it groups by it.
 //!
 //! A value is added the first time ingest sees it (in the group's transaction, `ON CONFLICT
 //! DO NOTHING`, so replicas may race) and never changed or removed, so a number names the
@@ -31,7 +34,7 @@ pub enum Dictionary {
     UserAgents,
     /// `account_numbers`: rows' `account_no`.
     Accounts,
-    /// `api_key_numbers`: the usage counters' `api_key_no`.
+    /// `api_key_numbers`: rows' and usage counters' `api_key_no`.
     ApiKeys,
     /// `endpoint_numbers`: the usage counters' `endpoint_no`.
     Endpoints,
