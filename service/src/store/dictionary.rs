@@ -155,16 +155,6 @@ impl Ids {
     }
 }
 
-/// The text of each number in `ids`.
-pub async fn texts(
-    db: &impl ConnectionTrait,
-    dictionary: Dictionary,
-    ids: impl Iterator<Item = i64>,
-) -> Result<HashMap<i64, String>, StoreError> {
-    let [texts] = texts_of(db, [(dictionary, ids.collect())]).await?;
-    Ok(texts)
-}
-
 /// The text of each number, for several dictionaries at once: one statement (per 500
 /// numbers of each), so that a page spells its agents and keys in one round trip.
 pub async fn texts_of<const N: usize>(
@@ -251,6 +241,15 @@ pub fn holds_number_of(
     }
 }
 
+/// The text of the number in `table`'s `column` (a scalar subquery over `dictionary`), for
+/// a statement that reads the number.
+pub fn spelled(dictionary: Dictionary, table: &str, column: &str) -> SimpleExpr {
+    Expr::cust(format!(
+        r#"(SELECT "value" FROM "{}" WHERE "id" = "{table}"."{column}")"#,
+        dictionary.table_name()
+    ))
+}
+
 /// The number of an account, if it ever sent a record.
 pub async fn account_no(
     db: &impl ConnectionTrait,
@@ -295,13 +294,9 @@ mod tests {
         let python = agents.id(&group, "python/3").unwrap();
         txn.commit().await.unwrap();
 
-        let texts = texts(
-            &db,
-            Dictionary::UserAgents,
-            [curl, python, curl].into_iter(),
-        )
-        .await
-        .unwrap();
+        let [texts] = texts_of(&db, [(Dictionary::UserAgents, vec![curl, python, curl])])
+            .await
+            .unwrap();
         assert_eq!(texts.len(), 2);
         assert_eq!(texts[&curl], "curl/8");
         assert_eq!(texts[&python], "python/3");

@@ -21,13 +21,11 @@
 
 use std::collections::HashMap;
 
-use sea_orm::sea_query::{
-    Alias, Expr, OnConflict, Order, Query, SelectStatement, SimpleExpr, UnionType,
-};
+use sea_orm::sea_query::{Alias, Expr, OnConflict, Order, Query, SelectStatement, UnionType};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, Value};
 
 use super::StoreError;
-use super::dictionary::{Dictionary, account_no, holds_number_of};
+use super::dictionary::{Dictionary, account_no, holds_number_of, spelled};
 use super::entity::{log_entry, usage_stat};
 use super::writer::INSERT_CHUNK_ROWS;
 use crate::domain::lifecycle::{Dimension, Granularity, UsageQuery};
@@ -331,14 +329,6 @@ pub struct UsageRow {
     pub total_duration_ms: i64,
     /// Largest latency.
     pub max_duration_ms: i64,
-}
-
-/// The text of the number in `table`'s `column`, in `dictionary`.
-fn spelled(dictionary: Dictionary, table: &str, column: &str) -> SimpleExpr {
-    Expr::cust(format!(
-        r#"(SELECT "value" FROM "{}" WHERE "id" = "{table}"."{column}")"#,
-        dictionary.table_name()
-    ))
 }
 
 /// The account's hourly counts within the query's bounds and key, as counter rows

@@ -747,7 +747,8 @@ async fn commit_group(
             .await?;
         let number = |dictionary, value: &str| match dictionary {
             Dictionary::ApiKeys => dictionaries.keys.id(&group_keys, value),
-            _ => dictionaries.endpoints.id(&endpoints, value),
+            Dictionary::Endpoints => dictionaries.endpoints.id(&endpoints, value),
+            Dictionary::Accounts | Dictionary::UserAgents => None,
         };
         let stored = assigned.keys().copied();
         super::usage::add_group(&txn, entries, stored, &account_nos, number).await?;
