@@ -495,9 +495,10 @@ async fn baseline_export(ctx: &Context, db: &BenchDb) -> Result<f64, String> {
             let started = Instant::now();
             let mut query = conn
                 .prepare(
-                    "SELECT api_key_name, api_key_prefix, method, endpoint, query_params, status_code, \
+                    "SELECT l.name, l.prefix, method, endpoint, query_params, status_code, \
                      error_code, lower(hex(ip_hash)), strftime('%Y-%m-%dT%H:%M:%fZ', ts / 1000000.0, 'unixepoch') \
-                     FROM log_entries WHERE account_no = ?1 ORDER BY ts DESC, id DESC",
+                     FROM log_entries e JOIN api_key_labels l ON l.id = e.api_key_label_no \
+                     WHERE e.account_no = ?1 ORDER BY ts DESC, e.id DESC",
                 )
                 .map_err(|e| e.to_string())?;
             let mut rows = query.query([number]).map_err(|e| e.to_string())?;
@@ -549,10 +550,11 @@ async fn baseline_export(ctx: &Context, db: &BenchDb) -> Result<f64, String> {
             let started = Instant::now();
             let mut stream = pool
                 .copy_out_raw(&format!(
-                    "COPY (SELECT api_key_name, api_key_prefix, method, endpoint, query_params, status_code, \
+                    "COPY (SELECT l.name, l.prefix, method, endpoint, query_params, status_code, \
                      error_code, encode(ip_hash, 'hex'), to_char(to_timestamp(ts / 1000000.0) AT TIME ZONE 'UTC', \
-                     'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') FROM log_entries WHERE account_no = {number} \
-                     ORDER BY ts DESC, id DESC) TO STDOUT (FORMAT csv)"
+                     'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') FROM log_entries e \
+                     JOIN api_key_labels l ON l.id = e.api_key_label_no WHERE e.account_no = {number} \
+                     ORDER BY ts DESC, e.id DESC) TO STDOUT (FORMAT csv)"
                 ))
                 .await
                 .map_err(|e| e.to_string())?;

@@ -17,6 +17,7 @@ mod m20261207_000009_sqlite_search_columns;
 mod m20261207_000010_sqlite_packed_request_ids;
 mod m20261207_000011_usage_dictionary_numbers;
 mod m20261207_000012_row_api_key_numbers;
+mod m20261207_000013_row_api_key_labels;
 mod sqlite;
 
 /// Every reqlog migration, in order.
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000010_sqlite_packed_request_ids::Migration),
             Box::new(m20261207_000011_usage_dictionary_numbers::Migration),
             Box::new(m20261207_000012_row_api_key_numbers::Migration),
+            Box::new(m20261207_000013_row_api_key_labels::Migration),
         ]
     }
 }

@@ -15,7 +15,7 @@ backend_tests!(
     health_follows_the_database,
     migrations_run_up_and_down,
     migrations_apply_on_connections_that_read_the_old_schema,
-    key_ids_and_paths_become_numbers_and_read_back_the_same,
+    key_ids_paths_and_labels_become_numbers_and_read_back_the_same,
     reflection_lists_every_service,
 );
 
@@ -176,9 +176,9 @@ async fn migrations_apply_on_connections_that_read_the_old_schema(backend: Backe
     options.max_connections(4);
     let db = Database::connect(options).await.expect("connect");
     let all = Migrator::migrations().len();
-    Migrator::up(&db, Some(u32::try_from(all - 2).expect("a count")))
+    Migrator::up(&db, Some(u32::try_from(all - 3).expect("a count")))
         .await
-        .expect("up to the last two");
+        .expect("up to the last three");
     // Several connections at once, each reading the tables the last migrations change.
     let mut open = Vec::new();
     for _ in 0..4 {
@@ -193,24 +193,27 @@ async fn migrations_apply_on_connections_that_read_the_old_schema(backend: Backe
     for txn in open {
         txn.commit().await.expect("commit");
     }
-    Migrator::up(&db, None).await.expect("the last two");
+    Migrator::up(&db, None).await.expect("the last three");
     db.execute_unprepared("SELECT request_id FROM log_entries LIMIT 1")
         .await
         .expect("the request id reads as before");
     db.execute_unprepared("SELECT api_key_no, endpoint_no FROM usage_stats LIMIT 1")
         .await
         .expect("the counters hold numbers");
-    Migrator::down(&db, Some(2)).await.expect("down again");
+    db.execute_unprepared("SELECT api_key_label_no FROM log_entries LIMIT 1")
+        .await
+        .expect("the rows hold label numbers");
+    Migrator::down(&db, Some(3)).await.expect("down again");
     Migrator::up(&db, None).await.expect("up again");
     db.close().await.ok();
     test_db.remove().await;
 }
 
-/// A database from before key ids and paths were dictionary numbers, with rows and
-/// counters: after the migrations a page, a key filter and the statistics read the same
-/// texts and counts as before, and reverting them gives the texts back.
-async fn key_ids_and_paths_become_numbers_and_read_back_the_same(backend: Backend) {
-    use reqlog_service::domain::filter::{LogFilter, LogQuery, SortOrder};
+/// A database from before key ids, paths and key labels were numbers, with rows and
+/// counters: after the migrations a page, a key filter, a sort by name and the statistics
+/// read the same texts and counts as before, and reverting them gives the texts back.
+async fn key_ids_paths_and_labels_become_numbers_and_read_back_the_same(backend: Backend) {
+    use reqlog_service::domain::filter::{LogFilter, LogQuery, SortField, SortOrder};
     use reqlog_service::domain::lifecycle::{Dimension, Granularity, UsageQuery};
     use reqlog_service::store::{logs, usage};
     let Some(test_db) = TestDb::create(backend).await else {
@@ -218,7 +221,7 @@ async fn key_ids_and_paths_become_numbers_and_read_back_the_same(backend: Backen
     };
     let db = Database::connect(&test_db.url).await.expect("connect");
     let all = Migrator::migrations().len();
-    Migrator::up(&db, Some(u32::try_from(all - 2).expect("a count")))
+    Migrator::up(&db, Some(u32::try_from(all - 3).expect("a count")))
         .await
         .expect("up to before the numbers");
     let hour: i64 = 3_600 * 500_000;
@@ -274,6 +277,7 @@ async fn key_ids_and_paths_become_numbers_and_read_back_the_same(backend: Backen
         texts("api_key_id", "log_entries").await,
         texts("api_key_id", "usage_stats").await,
         texts("endpoint", "usage_stats").await,
+        texts("api_key_name || api_key_prefix", "log_entries").await,
     );
 
     Migrator::up(&db, None).await.expect("the numbers");
@@ -297,6 +301,31 @@ async fn key_ids_and_paths_become_numbers_and_read_back_the_same(backend: Backen
     let b = |id: i64| (id, "key_b".to_owned());
     assert_eq!(keys_of(&[]).await, [b(3), (2, "key_a".to_owned()), b(1)]);
     assert_eq!(keys_of(&["key_b"]).await, [b(3), b(1)]);
+    let by_name = LogQuery::new(
+        "acct_m",
+        LogFilter::default(),
+        SortOrder {
+            field: SortField::ApiKeyName,
+            descending: false,
+        },
+    )
+    .expect("a query");
+    let labels: Vec<_> = logs::page(&db, &by_name, None, 10, false)
+        .await
+        .expect("a page by name")
+        .rows
+        .into_iter()
+        .map(|row| (row.id, row.api_key_name, row.api_key_prefix))
+        .collect();
+    let label = |id: i64, name: &str, prefix: &str| (id, name.to_owned(), prefix.to_owned());
+    assert_eq!(
+        labels,
+        [
+            label(2, "A", "pk_a"),
+            label(1, "B", "pk_b"),
+            label(3, "B", "pk_b")
+        ]
+    );
     let stats = usage::buckets(
         &db,
         &UsageQuery {
@@ -329,13 +358,14 @@ async fn key_ids_and_paths_become_numbers_and_read_back_the_same(backend: Backen
         ]
     );
 
-    Migrator::down(&db, Some(2))
+    Migrator::down(&db, Some(3))
         .await
         .expect("down to the texts");
     let after = (
         texts("api_key_id", "log_entries").await,
         texts("api_key_id", "usage_stats").await,
         texts("endpoint", "usage_stats").await,
+        texts("api_key_name || api_key_prefix", "log_entries").await,
     );
     assert_eq!(after, before);
     db.close().await.ok();

@@ -155,15 +155,36 @@ impl Ids {
     }
 }
 
-/// The text of each number, for several dictionaries at once: one statement (per 500
-/// numbers of each), so that a page spells its agents and keys in one round trip.
-pub async fn texts_of<const N: usize>(
+/// Where the text of a number is: a table keyed by `id`, and its column. A dictionary's is
+/// its `value`; a key label's name and prefix are two more (`store::labels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spelling {
+    /// The table.
+    pub table: &'static str,
+    /// The column holding the text.
+    pub column: &'static str,
+}
+
+impl From<Dictionary> for Spelling {
+    fn from(dictionary: Dictionary) -> Self {
+        Self {
+            table: dictionary.table_name(),
+            column: "value",
+        }
+    }
+}
+
+/// The text of each number, for several dictionaries (or label columns) at once: one
+/// statement (per 500 numbers of each), so that a page spells its agents, keys and labels
+/// in one round trip.
+pub async fn texts_of<S: Into<Spelling>, const N: usize>(
     db: &impl ConnectionTrait,
-    wanted: [(Dictionary, Vec<i64>); N],
+    wanted: [(S, Vec<i64>); N],
 ) -> Result<[HashMap<i64, String>; N], StoreError> {
     let mut texts: [HashMap<i64, String>; N] = std::array::from_fn(|_| HashMap::new());
     let mut parts: Vec<SelectStatement> = Vec::new();
-    for (index, (dictionary, ids)) in wanted.into_iter().enumerate() {
+    for (index, (spelling, ids)) in wanted.into_iter().enumerate() {
+        let spelling: Spelling = spelling.into();
         let ids: Vec<i64> = ids
             .into_iter()
             .collect::<HashSet<_>>()
@@ -173,8 +194,9 @@ pub async fn texts_of<const N: usize>(
             parts.push(
                 Query::select()
                     .expr_as(Expr::val(index as i64), Alias::new("part"))
-                    .columns([Alias::new("id"), Alias::new("value")])
-                    .from(dictionary.table())
+                    .column(Alias::new("id"))
+                    .expr_as(Expr::col(Alias::new(spelling.column)), Alias::new("value"))
+                    .from(Alias::new(spelling.table))
                     .and_where(Expr::col(Alias::new("id")).is_in(chunk.iter().copied()))
                     .to_owned(),
             );

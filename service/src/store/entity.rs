@@ -29,9 +29,15 @@ pub mod log_entry {
         /// `api_key_numbers`.
         #[sea_orm(ignore)]
         pub api_key_id: String,
-        /// The key's name when the request was made.
+        /// The key's name and prefix when the request was made: their number in
+        /// `api_key_labels`.
+        pub api_key_label_no: i32,
+        /// The key's name when the request was made: not a column of the table, filled in
+        /// by `store::logs::page` from `api_key_labels`.
+        #[sea_orm(ignore)]
         pub api_key_name: String,
-        /// The key's prefix when the request was made.
+        /// The key's prefix when the request was made (as the name).
+        #[sea_orm(ignore)]
         pub api_key_prefix: String,
         /// Upper-case HTTP method.
         pub method: String,

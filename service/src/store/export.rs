@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rusqlite::OpenFlags;
+use sea_orm::sea_query::{Alias, Expr};
 use sea_orm::{
     AccessMode, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
     DbErr, EntityTrait, IsolationLevel, QueryFilter, QuerySelect, QueryTrait, Statement,
@@ -48,7 +49,7 @@ use sea_orm::{
 use super::StoreError;
 use super::dictionary;
 use super::entity::log_entry;
-use super::logs::page_select;
+use super::logs::{LABEL, page_select, with_labels};
 use crate::domain::export::{ExportQuery, ExportRow};
 use crate::domain::filter::{SortField, SortOrder};
 use crate::domain::ip::to_hex;
@@ -84,12 +85,15 @@ type RowTuple = (
     Vec<u8>,        // ip_hash
 );
 
-const COLUMNS: [log_entry::Column; 11] = [
+/// The row's columns before the label's name and prefix ([`with_labels`]).
+const FIRST_COLUMNS: [log_entry::Column; 3] = [
     log_entry::Column::Id,
     log_entry::Column::Ts,
     log_entry::Column::DurationMs,
-    log_entry::Column::ApiKeyName,
-    log_entry::Column::ApiKeyPrefix,
+];
+
+/// The row's columns after them.
+const LAST_COLUMNS: [log_entry::Column; 6] = [
     log_entry::Column::Method,
     log_entry::Column::Endpoint,
     log_entry::Column::QueryParams,
@@ -183,17 +187,26 @@ impl ExportReader {
         };
         // The very SELECT of ListLogs (filter, order, keyset after the cursor, one row more
         // than a page to learn whether another follows), narrowed to an `ids` selection.
-        let mut select = page_select(
-            backend,
-            account_no,
-            &self.query.query,
-            after,
-            EXPORT_PAGE_ROWS,
+        let mut select = with_labels(
+            page_select(
+                backend,
+                account_no,
+                &self.query.query,
+                after,
+                EXPORT_PAGE_ROWS,
+            ),
+            order.field,
         );
         if let Some(ids) = &self.query.ids {
             select = select.filter(log_entry::Column::Id.is_in(ids.iter().copied()));
         }
-        let select = select.select_only().columns(COLUMNS);
+        let label = |column: &str| Expr::col((Alias::new(LABEL), Alias::new(column)));
+        let select = select
+            .select_only()
+            .columns(FIRST_COLUMNS)
+            .expr(label("name"))
+            .expr(label("prefix"))
+            .columns(LAST_COLUMNS);
         let rows = match self.snapshot {
             Snapshot::Pooled(ref txn) => select.into_tuple().all(txn).await?,
             Snapshot::Own(ref connection) => {
@@ -432,16 +445,18 @@ mod tests {
     /// parameters `q=i%7` on odd rows and none on even ones, and one row of account `b`.
     async fn seed(db: &DatabaseConnection, count: i64) {
         db.execute_unprepared(&format!(
-            "INSERT INTO account_numbers (id, value) VALUES (1, 'a'), (2, 'b'); \
+            "INSERT OR IGNORE INTO api_key_labels (id, account_no, name, prefix) \
+             VALUES (1, 1, 'name', 'pk_'); \
+             INSERT INTO account_numbers (id, value) VALUES (1, 'a'), (2, 'b'); \
              WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count}) \
-             INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_name, \
-             api_key_prefix, method, endpoint, query_params, status_code, ip_hash, \
+             INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
+             method, endpoint, query_params, status_code, ip_hash, \
              duration_ms) \
-             SELECT i, 1, i, 1, 'name', 'pk_', 'GET', '/v1', \
+             SELECT i, 1, i, 1, 1, 'GET', '/v1', \
              CASE WHEN i % 2 = 1 THEN 'q=' || (i % 7) END, 200, X'AB01', 1 FROM n; \
-             INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_name, \
-             api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
-             VALUES ({count} + 1, 2, 5, 1, 'name', 'pk_', 'GET', '/v1', 200, X'', 1)"
+             INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
+             method, endpoint, status_code, ip_hash, duration_ms) \
+             VALUES ({count} + 1, 2, 5, 1, 1, 'GET', '/v1', 200, X'', 1)"
         ))
         .await
         .expect("seed rows");
@@ -494,9 +509,11 @@ mod tests {
             .expect("open");
         assert!(matches!(reader.snapshot, Snapshot::Own(_)));
         db.execute_unprepared(
-            "INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_name, \
-             api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
-             VALUES (9000, 1, 9000, 1, 'name', 'pk_', 'GET', '/v1', 200, X'AB01', 1)",
+            "INSERT OR IGNORE INTO api_key_labels (id, account_no, name, prefix) \
+             VALUES (1, 1, 'name', 'pk_'); \
+             INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
+             method, endpoint, status_code, ip_hash, duration_ms) \
+             VALUES (9000, 1, 9000, 1, 1, 'GET', '/v1', 200, X'AB01', 1)",
         )
         .await
         .expect("a row after the snapshot");

@@ -7,6 +7,7 @@ pub mod claims;
 pub mod dictionary;
 pub mod entity;
 pub mod export;
+pub mod labels;
 pub mod logs;
 pub mod search;
 pub mod seen;

@@ -61,14 +61,23 @@ const SQLITE_ROWS_PER_MERGE_PAGE: i64 = 20;
 /// columns). Every searched free-text column is a substring of it, so a row whose column
 /// contains the term has a `doc` that contains it too (`pg_trgm` takes trigrams within words,
 /// so none spans two columns).
-pub const DOC_SQL: &str = "api_key_name || chr(1) || api_key_prefix || chr(1) || endpoint \
-     || chr(1) || COALESCE(query_params, '') || chr(1) || COALESCE(error_code, '')";
+/// Over [`ROWS_WITH_LABELS`].
+pub const DOC_SQL: &str = "l.name || chr(1) || l.prefix || chr(1) || e.endpoint \
+     || chr(1) || COALESCE(e.query_params, '') || chr(1) || COALESCE(e.error_code, '')";
+
+/// `log_entries` as `e`, each row with its key's label (`api_key_labels`, as `l`): the
+/// rows' texts the search indexes.
+pub const ROWS_WITH_LABELS: &str =
+    "log_entries e JOIN api_key_labels l ON l.id = e.api_key_label_no";
 
 /// SQLite: the searched free-text columns, as `log_entries`, `log_search` and
 /// `log_search_removals` all name them. Each is a column of the FTS5 table: the trigram
 /// tokenizer knows no separators, and joined into one text the columns added ~12 trigrams a
 /// row that span two of them and never match (migration `m20261207_000009`).
 pub const SQLITE_COLUMNS: &str = "api_key_name, api_key_prefix, endpoint, query_params, error_code";
+
+/// SQLite: the same texts read from [`ROWS_WITH_LABELS`], in [`SQLITE_COLUMNS`]' order.
+pub const SQLITE_ROW_TEXTS: &str = "l.name, l.prefix, e.endpoint, e.query_params, e.error_code";
 
 /// The FTS5 query (SQLite) for rows whose text may contain `term`: the AND of the term's
 /// distinct trigrams, each a quoted token (the table keeps no positions, so no phrase
@@ -171,7 +180,8 @@ async fn index_chunk_sqlite(db: &WriterDb, drop_removed: bool) -> Result<Chunk, 
                 backend,
                 format!(
                     "INSERT INTO log_search (rowid, {SQLITE_COLUMNS}) \
-                     SELECT id, {SQLITE_COLUMNS} FROM log_entries WHERE id > ? AND id <= ?"
+                     SELECT e.id, {SQLITE_ROW_TEXTS} FROM {ROWS_WITH_LABELS} \
+                     WHERE e.id > ? AND e.id <= ?"
                 ),
                 [from.into(), upto.into()],
             ))
@@ -290,8 +300,8 @@ async fn index_pending_postgres(db: &DatabaseConnection) -> Result<u64, StoreErr
                 backend,
                 format!(
                     "INSERT INTO log_search (id, account_no, ts, doc) \
-                     SELECT id, account_no, ts, {DOC_SQL} FROM log_entries \
-                     WHERE id > $1 AND id <= $2 ON CONFLICT (id) DO NOTHING"
+                     SELECT e.id, e.account_no, e.ts, {DOC_SQL} FROM {ROWS_WITH_LABELS} \
+                     WHERE e.id > $1 AND e.id <= $2 ON CONFLICT (id) DO NOTHING"
                 ),
                 [from.into(), upto.into()],
             ))
@@ -426,10 +436,12 @@ mod tests {
         let (_dir, db) = crate::store::test_database().await;
         assert_eq!(index_pending(&db).await.unwrap(), 0);
         for statement in [
-            "INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_name, \
-             api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
-             VALUES (1, 1, 1, 1, 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 1), \
-                    (2, 1, 2, 1, 'name', 'pk_', 'GET', '/v1/other', 200, X'ab', 1)",
+            "INSERT OR IGNORE INTO api_key_labels (id, account_no, name, prefix) \
+             VALUES (1, 1, 'name', 'pk_'); \
+             INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
+             method, endpoint, status_code, ip_hash, duration_ms) \
+             VALUES (1, 1, 1, 1, 1, 'GET', '/v1/needle', 200, X'ab', 1), \
+                    (2, 1, 2, 1, 1, 'GET', '/v1/other', 200, X'ab', 1)",
             "UPDATE log_id_sequence SET last_id = 2",
         ] {
             db.execute_unprepared(statement).await.unwrap();
@@ -467,10 +479,12 @@ mod tests {
         // Nothing to do.
         assert_eq!(chunk(&db).await, (0, false));
         db.execute_unprepared(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600) \
-             INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_name, \
-             api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
-             SELECT i, 1, i, 1, 'name', 'pk_', 'GET', '/v1/row' || i, 200, X'ab', 1 FROM n",
+            "INSERT OR IGNORE INTO api_key_labels (id, account_no, name, prefix) \
+             VALUES (1, 1, 'name', 'pk_'); \
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600) \
+             INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
+             method, endpoint, status_code, ip_hash, duration_ms) \
+             SELECT i, 1, i, 1, 1, 'GET', '/v1/row' || i, 200, X'ab', 1 FROM n",
         )
         .await
         .unwrap();
@@ -513,12 +527,14 @@ mod tests {
     async fn sqlite_deleted_rows_leave_the_index_on_the_next_chunk() {
         let (_dir, db) = crate::store::test_database().await;
         db.execute_unprepared(
-            "INSERT INTO account_numbers (id, value) VALUES (1, 'a'); \
+            "INSERT OR IGNORE INTO api_key_labels (id, account_no, name, prefix) \
+             VALUES (1, 1, 'name', 'pk_'); \
+             INSERT INTO account_numbers (id, value) VALUES (1, 'a'); \
              INSERT INTO api_key_numbers (id, value) VALUES (1, 'gone'), (2, 'kept'); \
-             INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_name, \
-             api_key_prefix, method, endpoint, status_code, ip_hash, duration_ms) \
-             VALUES (1, 1, 1, 1, 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 1), \
-                    (2, 1, 2, 2, 'name', 'pk_', 'GET', '/v1/needle', 200, X'ab', 1)",
+             INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
+             method, endpoint, status_code, ip_hash, duration_ms) \
+             VALUES (1, 1, 1, 1, 1, 'GET', '/v1/needle', 200, X'ab', 1), \
+                    (2, 1, 2, 2, 1, 'GET', '/v1/needle', 200, X'ab', 1)",
         )
         .await
         .unwrap();
@@ -603,12 +619,14 @@ mod tests {
         let (_dir, db) = crate::store::test_database().await;
         db.execute_unprepared(
             "INSERT INTO account_numbers (id, value) VALUES (1, 'a'); \
-             INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_name, \
-             api_key_prefix, method, endpoint, query_params, status_code, error_code, \
+             INSERT INTO api_key_labels (id, account_no, name, prefix) \
+             VALUES (1, 1, 'Billing', 'pk_live'), (2, 1, 'Reports', 'pk_test'); \
+             INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
+             method, endpoint, query_params, status_code, error_code, \
              ip_hash, duration_ms) \
-             VALUES (1, 1, 1, 1, 'Billing', 'pk_live', 'GET', '/v1/charges', 'limit=5', \
+             VALUES (1, 1, 1, 1, 1, 'GET', '/v1/charges', 'limit=5', \
                      402, 'CARD_DECLINED', X'ab', 1), \
-                    (2, 1, 2, 1, 'Reports', 'pk_test', 'GET', '/v1/export', NULL, \
+                    (2, 1, 2, 1, 2, 'GET', '/v1/export', NULL, \
                      200, NULL, X'ab', 1); \
              UPDATE log_id_sequence SET last_id = 2",
         )
@@ -644,8 +662,8 @@ mod tests {
     async fn the_sqlite_column_migration_indexes_every_row_again() {
         use reqlog_migrations::{Migrator, MigratorTrait};
         let (_dir, db) = crate::store::test_database().await;
-        // This migration and the three after it.
-        Migrator::down(&db, Some(4)).await.expect("down");
+        // This migration and the four after it.
+        Migrator::down(&db, Some(5)).await.expect("down");
         // A database from before the migration: two rows indexed as one text, one of them
         // deleted and queued for the indexer.
         db.execute_unprepared(

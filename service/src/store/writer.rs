@@ -25,6 +25,7 @@ use super::StoreError;
 use super::claims::Claim;
 use super::dictionary::{Dictionary, Ids};
 use super::entity::{log_entry, request_id};
+use super::labels::{Label, Labels};
 use super::seen::SeenIds;
 use super::sqlite::{HeldSqlite, HeldTxn, without_statement_journal};
 use crate::domain::ip::{from_hex, to_hex};
@@ -454,6 +455,8 @@ struct Dictionaries {
     keys: Ids,
     /// PostgreSQL's usage counters' paths.
     endpoints: Ids,
+    /// Rows' key names and prefixes.
+    labels: Labels,
 }
 
 impl Default for Dictionaries {
@@ -463,6 +466,7 @@ impl Default for Dictionaries {
             agents: Ids::new(Dictionary::UserAgents),
             keys: Ids::new(Dictionary::ApiKeys),
             endpoints: Ids::new(Dictionary::Endpoints),
+            labels: Labels::default(),
         }
     }
 }
@@ -734,9 +738,30 @@ async fn commit_group(
         .keys
         .resolve(&txn, stored().map(|entry| entry.api_key_id.as_str()))
         .await?;
+    let group_labels = dictionaries
+        .labels
+        .resolve(
+            &txn,
+            assigned.keys().map(|&index| {
+                let entry = entries[index];
+                let name = entry.api_key_name.as_str();
+                (account_nos[index], name, entry.api_key_prefix.as_str())
+            }),
+        )
+        .await?;
     let agent_id = |agent: &str| dictionaries.agents.id(&group_agents, agent);
     let key_no = |key: &str| dictionaries.keys.id(&group_keys, key);
-    insert_rows(&txn, entries, &assigned, &account_nos, agent_id, key_no).await?;
+    let label_no = |label: Label<'_>| dictionaries.labels.id(&group_labels, label);
+    insert_rows(
+        &txn,
+        entries,
+        &assigned,
+        &account_nos,
+        agent_id,
+        key_no,
+        label_no,
+    )
+    .await?;
     // SQLite's counters are folded from the rows by the search indexer (`usage`).
     let group_endpoints = if backend == DbBackend::Sqlite {
         None
@@ -758,6 +783,7 @@ async fn commit_group(
     dictionaries.accounts.committed(group_accounts);
     dictionaries.agents.committed(group_agents);
     dictionaries.keys.committed(group_keys);
+    dictionaries.labels.committed(group_labels);
     if let Some(endpoints) = group_endpoints {
         dictionaries.endpoints.committed(endpoints);
     }
@@ -1059,6 +1085,7 @@ async fn insert_rows(
     account_nos: &[i64],
     agent_id: impl Fn(&str) -> Option<i64>,
     key_no: impl Fn(&str) -> Option<i64>,
+    label_no: impl Fn(Label<'_>) -> Option<i64>,
 ) -> Result<(), StoreError> {
     // (id, record, its account number)
     let mut rows: Vec<(i64, &NewLogEntry, i64)> = assigned
@@ -1075,8 +1102,7 @@ async fn insert_rows(
             log_entry::Column::Ts,
             log_entry::Column::RequestId,
             log_entry::Column::ApiKeyNo,
-            log_entry::Column::ApiKeyName,
-            log_entry::Column::ApiKeyPrefix,
+            log_entry::Column::ApiKeyLabelNo,
             log_entry::Column::Method,
             log_entry::Column::Endpoint,
             log_entry::Column::QueryParams,
@@ -1091,6 +1117,14 @@ async fn insert_rows(
             let key_no = key_no(&entry.api_key_id).ok_or_else(|| {
                 StoreError::Database(DbErr::Custom("a key id has no number".into()))
             })?;
+            let label = (
+                account_no,
+                entry.api_key_name.as_str(),
+                entry.api_key_prefix.as_str(),
+            );
+            let label_no = label_no(label).ok_or_else(|| {
+                StoreError::Database(DbErr::Custom("a key's label has no number".into()))
+            })?;
             insert
                 .values([
                     id.into(),
@@ -1103,8 +1137,7 @@ async fn insert_rows(
                     }
                     .into(),
                     key_no.into(),
-                    entry.api_key_name.as_str().into(),
-                    entry.api_key_prefix.as_str().into(),
+                    label_no.into(),
                     entry.method.into(),
                     entry.endpoint.as_str().into(),
                     entry.query_params.as_deref().into(),
@@ -1310,9 +1343,9 @@ mod tests {
             .map(|row| row.request_id.map(|id| id.0))
             .collect();
         assert_eq!(read, ids.map(|id| Some(id.to_owned())));
-        // Reverting the migration (and the two after it) turns the bytes back into the same
+        // Reverting the migration (and the three after it) turns the bytes back into the same
         // text.
-        Migrator::down(&db, Some(3)).await.expect("down");
+        Migrator::down(&db, Some(4)).await.expect("down");
         let texts = db
             .query_all(Statement::from_string(
                 DbBackend::Sqlite,

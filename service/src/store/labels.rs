@@ -1,0 +1,240 @@
+//! Key labels: a key's name and prefix, stored once per account and label in
+//! `api_key_labels`; rows hold the label's number (`api_key_label_no`, migration
+//! `m20261207_000013`).
+//!
+//! Both texts repeat on every row a key made and change only when the key is renamed. They
+//! are kept per account, not in one dictionary for all: a search tries the account's few
+//! labels once (a condition on the rows' numbers), and a sort by name or prefix joins the
+//! account's labels. Like the dictionaries', a label is added the first time ingest sees it
+//! (in the group's transaction, `ON CONFLICT DO NOTHING`) and never changed or removed, so a
+//! number names the same texts forever and a committed one may be cached.
+
+use std::collections::{HashMap, HashSet};
+
+use sea_orm::sea_query::{Alias, Condition, Expr, OnConflict, Query, SelectStatement};
+use sea_orm::{ConnectionTrait, DbErr};
+
+use super::StoreError;
+use super::dictionary::Spelling;
+
+/// The table.
+pub const TABLE: &str = "api_key_labels";
+
+/// Where a label's name is, for `dictionary::texts_of`.
+pub const NAMES: Spelling = Spelling {
+    table: TABLE,
+    column: "name",
+};
+
+/// Where a label's prefix is, for `dictionary::texts_of`.
+pub const PREFIXES: Spelling = Spelling {
+    table: TABLE,
+    column: "prefix",
+};
+
+/// Labels one statement carries (three values each): well under either backend's limit on
+/// bound parameters.
+const CHUNK: usize = 300;
+
+/// Labels the writer remembers; past this its cache starts over. Names are at most 128
+/// bytes and prefixes 32: a few MiB.
+const CACHE_LABELS: usize = 32_768;
+
+/// A label as the writer looks it up: the account's number, the name, the prefix.
+pub type Label<'a> = (i64, &'a str, &'a str);
+
+/// The writer's cache of committed labels, and its lookups for one group.
+#[derive(Debug, Default)]
+pub struct Labels {
+    committed: HashMap<(i64, String, String), i64>,
+}
+
+/// The labels a group's rows use that were not cached: found or added in this group's
+/// transaction, remembered only once it commits.
+#[derive(Debug, Default)]
+pub struct GroupLabels {
+    fresh: HashMap<(i64, String, String), i64>,
+}
+
+fn owned((account_no, name, prefix): Label<'_>) -> (i64, String, String) {
+    (account_no, name.to_owned(), prefix.to_owned())
+}
+
+impl Labels {
+    /// Numbers for every label in `labels`, adding unknown ones in the caller's transaction,
+    /// in sorted order (two PostgreSQL replicas adding the same ones wait for each other
+    /// instead of deadlocking).
+    pub async fn resolve<'a>(
+        &self,
+        txn: &impl ConnectionTrait,
+        labels: impl Iterator<Item = Label<'a>>,
+    ) -> Result<GroupLabels, StoreError> {
+        let mut missing: Vec<Label<'a>> = labels
+            .filter(|label| !self.committed.contains_key(&owned(*label)))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        missing.sort_unstable();
+        let table = Alias::new(TABLE);
+        let columns = || {
+            [
+                Alias::new("account_no"),
+                Alias::new("name"),
+                Alias::new("prefix"),
+            ]
+        };
+        let backend = txn.get_database_backend();
+        let mut fresh = HashMap::with_capacity(missing.len());
+        for chunk in missing.chunks(CHUNK) {
+            let mut insert = Query::insert();
+            insert
+                .into_table(table.clone())
+                .columns(columns())
+                .on_conflict(OnConflict::columns(columns()).do_nothing().to_owned());
+            for &(account_no, name, prefix) in chunk {
+                insert
+                    .values([account_no.into(), name.into(), prefix.into()])
+                    .map_err(|error| StoreError::Database(DbErr::Custom(error.to_string())))?;
+            }
+            txn.execute(backend.build(&insert)).await?;
+            // The account's number read as a bigint: PostgreSQL's column is an `integer`,
+            // which its driver will not decode as an i64.
+            let select = Query::select()
+                .columns([Alias::new("id"), Alias::new("name"), Alias::new("prefix")])
+                .expr_as(
+                    Expr::col(Alias::new("account_no")).cast_as(Alias::new("BIGINT")),
+                    Alias::new("account_no"),
+                )
+                .from(table.clone())
+                .and_where(
+                    Expr::tuple(columns().map(|column| Expr::col(column).into())).in_tuples(
+                        chunk.iter().map(|&(account_no, name, prefix)| {
+                            (account_no, name.to_owned(), prefix.to_owned())
+                        }),
+                    ),
+                )
+                .to_owned();
+            for row in txn.query_all(backend.build(&select)).await? {
+                let label = (
+                    row.try_get::<i64>("", "account_no")?,
+                    row.try_get::<String>("", "name")?,
+                    row.try_get::<String>("", "prefix")?,
+                );
+                fresh.insert(label, row.try_get("", "id")?);
+            }
+        }
+        Ok(GroupLabels { fresh })
+    }
+
+    /// The number of `label` for a row of the group `group` was resolved for.
+    pub fn id(&self, group: &GroupLabels, label: Label<'_>) -> Option<i64> {
+        let label = owned(label);
+        self.committed
+            .get(&label)
+            .or_else(|| group.fresh.get(&label))
+            .copied()
+    }
+
+    /// Remembers a committed group's new labels.
+    pub fn committed(&mut self, group: GroupLabels) {
+        if self.committed.len() + group.fresh.len() > CACHE_LABELS {
+            self.committed.clear();
+        }
+        self.committed.extend(group.fresh);
+    }
+}
+
+/// The account's labels whose name or prefix meets `matches` (a condition on the unqualified
+/// columns `name` and `prefix`): a subquery for "the row's label is one of them".
+pub fn of_account_where(account_no: i64, matches: Condition) -> SelectStatement {
+    Query::select()
+        .column(Alias::new("id"))
+        .from(Alias::new(TABLE))
+        .cond_where(
+            Condition::all()
+                .add(Expr::col(Alias::new("account_no")).eq(account_no))
+                .add(matches),
+        )
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn each_label_is_stored_once_per_account_and_reads_back() {
+        let (_dir, db) = crate::store::test_database().await;
+        let mut labels = Labels::default();
+        let wanted = [
+            (1, "Production", "sk_live_"),
+            (1, "Production", "sk_live_"),
+            (2, "Production", "sk_live_"),
+            (1, "", ""),
+            (1, "Production", "sk_test_"),
+        ];
+        let txn = db.begin().await.unwrap();
+        let group = labels.resolve(&txn, wanted.into_iter()).await.unwrap();
+        txn.commit().await.unwrap();
+        let numbers: Vec<i64> = wanted
+            .iter()
+            .map(|&label| labels.id(&group, label).unwrap())
+            .collect();
+        assert_eq!(numbers[0], numbers[1]);
+        let distinct: HashSet<i64> = numbers.iter().copied().collect();
+        assert_eq!(distinct.len(), 4, "{numbers:?}");
+        labels.committed(group);
+
+        // Cached now: a group of known labels adds nothing and needs no statement's answer.
+        let txn = db.begin().await.unwrap();
+        let group = labels.resolve(&txn, wanted.into_iter()).await.unwrap();
+        txn.commit().await.unwrap();
+        assert!(group.fresh.is_empty());
+        assert_eq!(labels.id(&group, wanted[2]), Some(numbers[2]));
+
+        let [names, prefixes] = crate::store::dictionary::texts_of(
+            &db,
+            [(NAMES, numbers.clone()), (PREFIXES, numbers.clone())],
+        )
+        .await
+        .unwrap();
+        assert_eq!(names[&numbers[2]], "Production");
+        assert_eq!(prefixes[&numbers[2]], "sk_live_");
+        assert_eq!(prefixes[&numbers[4]], "sk_test_");
+        assert_eq!(names[&numbers[3]], "");
+        let stored = db
+            .query_one(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                "SELECT COUNT(*) AS n FROM api_key_labels",
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get::<i64>("", "n")
+            .unwrap();
+        assert_eq!(stored, 4);
+    }
+
+    #[tokio::test]
+    async fn a_label_added_by_a_rolled_back_group_is_not_remembered() {
+        let (_dir, db) = crate::store::test_database().await;
+        let labels = Labels::default();
+        let txn = db.begin().await.unwrap();
+        let group = labels
+            .resolve(&txn, [(7, "Key", "pk_")].into_iter())
+            .await
+            .unwrap();
+        assert!(labels.id(&group, (7, "Key", "pk_")).is_some());
+        txn.rollback().await.unwrap();
+        // The group is dropped, never committed: nothing is cached and nothing stored.
+        let txn = db.begin().await.unwrap();
+        let again = labels
+            .resolve(&txn, [(7, "Key", "pk_")].into_iter())
+            .await
+            .unwrap();
+        txn.commit().await.unwrap();
+        assert_eq!(again.fresh.len(), 1);
+    }
+}
