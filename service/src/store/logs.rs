@@ -52,7 +52,7 @@ pub async fn page(
         indexed_search_page(db, account_no, query, term, after, page_size).await?
     } else {
         let select = page_select(backend, account_no, query, after, page_size);
-        let rows = if backend == DbBackend::Postgres
+        let mut rows = if backend == DbBackend::Postgres
             && walks_in_time_order(query)
             && may_sort_without_statistics(&query.filter)
         {
@@ -67,7 +67,6 @@ pub async fn page(
         } else {
             select.all(db).await?
         };
-        let mut rows = rows;
         // Before the cursor is taken: an order on a key's name or prefix needs its text.
         fill_texts(db, &query.account_id, &mut rows).await?;
         finish_page(query, rows, page_size)
