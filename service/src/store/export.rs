@@ -34,12 +34,12 @@
 //! [`export_slots`] caps how many exports run at once either way.
 
 use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rusqlite::OpenFlags;
-use sea_orm::sea_query::{Alias, Expr};
 use sea_orm::{
     AccessMode, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
     DbErr, EntityTrait, IsolationLevel, QueryFilter, QuerySelect, QueryTrait, Statement,
@@ -49,7 +49,8 @@ use sea_orm::{
 use super::StoreError;
 use super::dictionary;
 use super::entity::log_entry;
-use super::logs::{LABEL, page_select, with_labels};
+use super::labels;
+use super::logs::page_select;
 use crate::domain::export::{ExportQuery, ExportRow};
 use crate::domain::filter::{SortField, SortOrder};
 use crate::domain::ip::to_hex;
@@ -69,14 +70,13 @@ const EXPORT_CACHE_SIZE: i64 = -2048;
 const EXPORT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The columns an export reads, in this order: the keyset needs `id`, the order's field
-/// (`ts` and `duration_ms` are the numeric ones) and the nine exported columns. `user_agent`
-/// is never read.
+/// (`ts` and `duration_ms` are the numeric ones) and the nine exported columns, the key's
+/// name and prefix as their label's number. `user_agent` is never read.
 type RowTuple = (
     i64,            // id
     i64,            // ts
     i64,            // duration_ms
-    String,         // api_key_name
-    String,         // api_key_prefix
+    i32,            // api_key_label_no (`integer`, which PostgreSQL's driver reads as i32 only)
     String,         // method
     String,         // endpoint
     Option<String>, // query_params
@@ -85,15 +85,11 @@ type RowTuple = (
     Vec<u8>,        // ip_hash
 );
 
-/// The row's columns before the label's name and prefix ([`with_labels`]).
-const FIRST_COLUMNS: [log_entry::Column; 3] = [
+const COLUMNS: [log_entry::Column; 10] = [
     log_entry::Column::Id,
     log_entry::Column::Ts,
     log_entry::Column::DurationMs,
-];
-
-/// The row's columns after them.
-const LAST_COLUMNS: [log_entry::Column; 6] = [
+    log_entry::Column::ApiKeyLabelNo,
     log_entry::Column::Method,
     log_entry::Column::Endpoint,
     log_entry::Column::QueryParams,
@@ -131,7 +127,12 @@ pub struct ExportReader {
     query: ExportQuery,
     /// The account's number; none for an account that never sent a record (no rows).
     account_no: Option<i64>,
+    /// The key labels read so far, by number.
+    labels: Mutex<HashMap<i64, Label>>,
 }
+
+/// A key label's name and prefix.
+type Label = Arc<(String, String)>;
 
 /// Where the export's read transaction is open (see the module comment).
 #[derive(Debug)]
@@ -166,6 +167,7 @@ impl ExportReader {
             snapshot,
             query,
             account_no,
+            labels: Mutex::default(),
         })
     }
 
@@ -178,6 +180,7 @@ impl ExportReader {
         let Some(account_no) = self.account_no else {
             return Ok(ReadPage {
                 rows: Vec::new(),
+                labels: HashMap::new(),
                 order,
             });
         };
@@ -187,33 +190,82 @@ impl ExportReader {
         };
         // The very SELECT of ListLogs (filter, order, keyset after the cursor, one row more
         // than a page to learn whether another follows), narrowed to an `ids` selection.
-        let mut select = with_labels(
-            page_select(
-                backend,
-                account_no,
-                &self.query.query,
-                after,
-                EXPORT_PAGE_ROWS,
-            ),
-            order.field,
+        let mut select = page_select(
+            backend,
+            account_no,
+            &self.query.query,
+            after,
+            EXPORT_PAGE_ROWS,
         );
         if let Some(ids) = &self.query.ids {
             select = select.filter(log_entry::Column::Id.is_in(ids.iter().copied()));
         }
-        let label = |column: &str| Expr::col((Alias::new(LABEL), Alias::new(column)));
-        let select = select
-            .select_only()
-            .columns(FIRST_COLUMNS)
-            .expr(label("name"))
-            .expr(label("prefix"))
-            .columns(LAST_COLUMNS);
-        let rows = match self.snapshot {
+        let select = select.select_only().columns(COLUMNS);
+        let rows: Vec<RowTuple> = match self.snapshot {
             Snapshot::Pooled(ref txn) => select.into_tuple().all(txn).await?,
             Snapshot::Own(ref connection) => {
                 read_own(Arc::clone(connection), select.build(backend)).await?
             }
         };
-        Ok(ReadPage { rows, order })
+        let labels = self
+            .labels_of(rows.iter().map(|row| i64::from(row.3)))
+            .await?;
+        Ok(ReadPage {
+            rows,
+            labels,
+            order,
+        })
+    }
+
+    /// The name and prefix of each label in `numbers`: from the export's cache, the rest
+    /// read in one statement from the snapshot (labels never change, so the cache holds for
+    /// the whole export). An account has few labels, so after its first pages an export
+    /// reads none; a join in the page's SELECT had cost every row a lookup (W4 on SQLite:
+    /// 17% fewer rows a second, BENCHMARKS.md).
+    async fn labels_of(
+        &self,
+        numbers: impl Iterator<Item = i64>,
+    ) -> Result<HashMap<i64, Label>, StoreError> {
+        let wanted: HashSet<i64> = numbers.collect();
+        let missing: Vec<i64> = {
+            let cache = self.labels.lock().unwrap_or_else(PoisonError::into_inner);
+            wanted
+                .iter()
+                .copied()
+                .filter(|number| !cache.contains_key(number))
+                .collect()
+        };
+        if !missing.is_empty() {
+            let found: Vec<(i64, Label)> = match self.snapshot {
+                Snapshot::Pooled(ref txn) => {
+                    let [mut names, mut prefixes] = dictionary::texts_of(
+                        txn,
+                        [
+                            (labels::NAMES, missing.clone()),
+                            (labels::PREFIXES, missing),
+                        ],
+                    )
+                    .await?;
+                    names
+                        .drain()
+                        .filter_map(|(number, name)| {
+                            let prefix = prefixes.remove(&number)?;
+                            Some((number, Arc::new((name, prefix))))
+                        })
+                        .collect()
+                }
+                Snapshot::Own(ref connection) => {
+                    read_own_labels(Arc::clone(connection), missing).await?
+                }
+            };
+            let mut cache = self.labels.lock().unwrap_or_else(PoisonError::into_inner);
+            cache.extend(found);
+        }
+        let cache = self.labels.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(wanted
+            .into_iter()
+            .filter_map(|number| Some((number, Arc::clone(cache.get(&number)?))))
+            .collect())
     }
 
     /// Ends the snapshot: the pooled transaction is rolled back (it only ever read), the
@@ -339,10 +391,35 @@ async fn read_own(
                 row.get(7)?,
                 row.get(8)?,
                 row.get(9)?,
-                row.get(10)?,
             ))
         })?;
         rows.collect()
+    })
+    .await
+}
+
+/// The name and prefix of each label in `numbers`, read on the export's own SQLite
+/// connection (in its snapshot).
+async fn read_own_labels(
+    connection: Arc<Mutex<rusqlite::Connection>>,
+    numbers: Vec<i64>,
+) -> Result<Vec<(i64, Label)>, StoreError> {
+    blocking(move || {
+        let connection = connection.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut found = Vec::with_capacity(numbers.len());
+        for chunk in numbers.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let mut statement = connection.prepare(&format!(
+                "SELECT id, name, prefix FROM api_key_labels WHERE id IN ({marks})"
+            ))?;
+            let rows = statement.query_map(rusqlite::params_from_iter(chunk), |row| {
+                Ok((row.get(0)?, Arc::new((row.get(1)?, row.get(2)?))))
+            })?;
+            for row in rows {
+                found.push(row?);
+            }
+        }
+        Ok(found)
     })
     .await
 }
@@ -369,6 +446,8 @@ fn sqlite_error(error: rusqlite::Error) -> StoreError {
 #[derive(Debug)]
 pub struct ReadPage {
     rows: Vec<RowTuple>,
+    /// The name and prefix of each label the rows name.
+    labels: HashMap<i64, Label>,
     order: SortOrder,
 }
 
@@ -387,20 +466,33 @@ impl ReadPage {
         let page_rows = EXPORT_PAGE_ROWS as usize;
         let (rows, next) = if self.rows.len() > page_rows {
             let rows = &self.rows[..page_rows];
-            let next = rows.last().map(|last| cursor_after(self.order.field, last));
+            let next = rows
+                .last()
+                .map(|last| cursor_after(self.order.field, last, self.label(last)));
             (rows, next)
         } else {
             (&self.rows[..], None)
         };
         PageRows {
-            rows: rows.iter().map(export_row).collect(),
+            rows: rows
+                .iter()
+                .map(|row| export_row(row, self.label(row)))
+                .collect(),
             next,
         }
     }
+
+    /// The name and prefix of `row`'s key. Every row's label is read with the page; labels
+    /// are never removed, so the empty fallback is never used.
+    fn label(&self, row: &RowTuple) -> (&str, &str) {
+        self.labels
+            .get(&i64::from(row.3))
+            .map_or(("", ""), |label| (label.0.as_str(), label.1.as_str()))
+    }
 }
 
-fn export_row(row: &RowTuple) -> ExportRow<'_> {
-    let (_, ts, _, name, prefix, method, endpoint, query_params, status, error, ip) = row;
+fn export_row<'a>(row: &'a RowTuple, (name, prefix): (&'a str, &'a str)) -> ExportRow<'a> {
+    let (_, ts, _, _, method, endpoint, query_params, status, error, ip) = row;
     ExportRow {
         api_key_name: Cow::Borrowed(name),
         api_key_prefix: Cow::Borrowed(prefix),
@@ -414,21 +506,22 @@ fn export_row(row: &RowTuple) -> ExportRow<'_> {
     }
 }
 
-/// The keyset position of `row` in an order on `field`, as ListLogs' `cursor_of` gives it.
-fn cursor_after(field: SortField, row: &RowTuple) -> Cursor {
-    let text = |value: &String| CursorValue::Text(value.clone());
-    let nullable = |value: &Option<String>| value.as_ref().map_or(CursorValue::Null, text);
+/// The keyset position of `row` (whose key's name and prefix are `label`) in an order on
+/// `field`, as ListLogs' `cursor_of` gives it.
+fn cursor_after(field: SortField, row: &RowTuple, (name, prefix): (&str, &str)) -> Cursor {
+    let text = |value: &str| CursorValue::Text(value.to_owned());
+    let nullable = |value: &Option<String>| value.as_deref().map_or(CursorValue::Null, text);
     let value = match field {
         SortField::Timestamp => CursorValue::Int(row.1),
         SortField::DurationMs => CursorValue::Int(row.2),
-        SortField::ApiKeyName => text(&row.3),
-        SortField::ApiKeyPrefix => text(&row.4),
-        SortField::Method => text(&row.5),
-        SortField::Endpoint => text(&row.6),
-        SortField::QueryParams => nullable(&row.7),
-        SortField::StatusCode => CursorValue::Int(i64::from(row.8)),
-        SortField::ErrorCode => nullable(&row.9),
-        SortField::IpHash => CursorValue::Text(to_hex(&row.10)),
+        SortField::ApiKeyName => text(name),
+        SortField::ApiKeyPrefix => text(prefix),
+        SortField::Method => text(&row.4),
+        SortField::Endpoint => text(&row.5),
+        SortField::QueryParams => nullable(&row.6),
+        SortField::StatusCode => CursorValue::Int(i64::from(row.7)),
+        SortField::ErrorCode => nullable(&row.8),
+        SortField::IpHash => CursorValue::Text(to_hex(&row.9)),
     };
     Cursor { value, id: row.0 }
 }
@@ -544,6 +637,53 @@ mod tests {
         assert_eq!(sizes, [1_000, 1_000, 501]);
         assert_eq!(rows, by_query_params(2_501));
         reader.close().await.expect("close");
+    }
+
+    /// Rows of three labels, exported by name on both kinds of snapshot: each row carries
+    /// its own label's texts (read once per export, on the snapshot), and the keyset
+    /// pages by name cross from one label to the next.
+    #[tokio::test]
+    async fn rows_carry_their_labels_texts_across_pages_by_name() {
+        let (_dir, file_db) = test_database().await;
+        let memory_db = test_database_at("sqlite::memory:".into()).await;
+        for db in [file_db, memory_db] {
+            db.execute_unprepared(
+                "INSERT INTO account_numbers (id, value) VALUES (1, 'a'); \
+                 INSERT INTO api_key_labels (id, account_no, name, prefix) \
+                 VALUES (1, 1, 'Zeta', 'pk_z'), (2, 1, 'Alpha', 'pk_a'), (3, 1, 'Mid', 'pk_m'); \
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500) \
+                 INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
+                 method, endpoint, status_code, ip_hash, duration_ms) \
+                 SELECT i, 1, i, 1, 1 + i % 3, 'GET', '/v1', 200, X'AB01', 1 FROM n",
+            )
+            .await
+            .expect("rows of three labels");
+            let reader = ExportReader::open(&db, export_query(SortField::ApiKeyName, false))
+                .await
+                .expect("open");
+            let mut labels = Vec::new();
+            let mut after = None;
+            loop {
+                let page = reader.read_page(after.as_ref()).await.expect("a page");
+                let PageRows { rows, next } = page.rows();
+                labels.extend(
+                    rows.iter()
+                        .map(|row| (row.api_key_name.to_string(), row.api_key_prefix.to_string())),
+                );
+                match next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            reader.close().await.expect("close");
+            let label =
+                |name: &str, prefix: &str, count| vec![(name.to_owned(), prefix.to_owned()); count];
+            // 1 + i % 3: label 2 (Alpha) for i = 1, 4, …; 3 (Mid) for 2, 5, …; 1 (Zeta) for 3, 6, ….
+            let mut expected = label("Alpha", "pk_a", 834);
+            expected.extend(label("Mid", "pk_m", 833));
+            expected.extend(label("Zeta", "pk_z", 833));
+            assert_eq!(labels, expected);
+        }
     }
 
     #[tokio::test]

@@ -450,20 +450,6 @@ pub fn page_select(
     select_after(backend, condition, query, after, page_size)
 }
 
-/// `select` (a [`page_select`] of an order on `field`) with each row's key label joined as
-/// [`LABEL`] (`label.name`, `label.prefix`), for a read that needs every row's texts
-/// (exports). An order on the name or prefix has joined it already.
-pub fn with_labels(
-    select: Select<log_entry::Entity>,
-    field: SortField,
-) -> Select<log_entry::Entity> {
-    if sorts_by_label(field) {
-        select
-    } else {
-        join_labels(select)
-    }
-}
-
 /// Rows meeting `condition` after `after` in the query's order, `page_size + 1` of them.
 fn select_after(
     backend: DbBackend,
@@ -483,7 +469,7 @@ fn select_after(
 }
 
 /// The alias of the joined `api_key_labels` ([`join_labels`]).
-pub const LABEL: &str = "label";
+const LABEL: &str = "label";
 
 /// Whether an order on `field` reads the key's label: name and prefix are stored once per
 /// label (`store::labels`), rows hold its number.
