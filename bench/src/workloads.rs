@@ -466,10 +466,10 @@ impl IngestService for NaiveIngest {
         let backend = self.db.get_database_backend();
         let sql = match backend {
             DbBackend::Postgres => {
-                "INSERT INTO log_entries (account_no, ts, request_id, api_key_no, api_key_label_no, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent_id, duration_ms, id) VALUES ((SELECT id FROM account_numbers WHERE value = $1), $2, $3, (SELECT id FROM api_key_numbers WHERE value = $4), (SELECT l.id FROM api_key_labels l JOIN account_numbers a ON a.id = l.account_no WHERE a.value = $1 AND l.name = $5 AND l.prefix = $6), $7, $8, $9, $10, $11, $12, (SELECT id FROM user_agents WHERE value = $13), $14, $15)"
+                "INSERT INTO log_entries (account_no, ts, request_id, api_key_no, api_key_label_no, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent_id, duration_ms, id) VALUES ((SELECT id FROM account_numbers WHERE value = $1), $2, $3, (SELECT id FROM api_key_numbers WHERE value = $4), (SELECT l.id FROM api_key_labels l JOIN account_numbers a ON a.id = l.account_no JOIN api_key_numbers k ON k.id = l.api_key_no WHERE a.value = $1 AND k.value = $4 AND l.name = $5 AND l.prefix = $6), $7, $8, $9, $10, $11, $12, (SELECT id FROM user_agents WHERE value = $13), $14, $15)"
             }
             _ => {
-                "INSERT INTO log_entries (account_no, ts, request_id, api_key_no, api_key_label_no, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent_id, duration_ms, id) VALUES ((SELECT id FROM account_numbers WHERE value = ?1), ?2, ?3, (SELECT id FROM api_key_numbers WHERE value = ?4), (SELECT l.id FROM api_key_labels l JOIN account_numbers a ON a.id = l.account_no WHERE a.value = ?1 AND l.name = ?5 AND l.prefix = ?6), ?7, ?8, ?9, ?10, ?11, ?12, (SELECT id FROM user_agents WHERE value = ?13), ?14, ?15)"
+                "INSERT INTO log_entries (account_no, ts, request_id, api_key_no, api_key_label_no, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent_id, duration_ms, id) VALUES ((SELECT id FROM account_numbers WHERE value = ?1), ?2, ?3, (SELECT id FROM api_key_numbers WHERE value = ?4), (SELECT l.id FROM api_key_labels l JOIN account_numbers a ON a.id = l.account_no JOIN api_key_numbers k ON k.id = l.api_key_no WHERE a.value = ?1 AND k.value = ?4 AND l.name = ?5 AND l.prefix = ?6), ?7, ?8, ?9, ?10, ?11, ?12, (SELECT id FROM user_agents WHERE value = ?13), ?14, ?15)"
             }
         };
         // Accounts, keys, key labels and agents are dictionaries (`account_numbers`,
@@ -498,24 +498,18 @@ impl IngestService for NaiveIngest {
         }
         let label = match backend {
             DbBackend::Postgres => {
-                "INSERT INTO api_key_labels (account_no, name, prefix) SELECT id, $2, $3 FROM account_numbers WHERE value = $1 ON CONFLICT (account_no, name, prefix) DO NOTHING"
+                "INSERT INTO api_key_labels (account_no, api_key_no, name, prefix) SELECT a.id, k.id, $3, $4 FROM account_numbers a, api_key_numbers k WHERE a.value = $1 AND k.value = $2 ON CONFLICT (account_no, api_key_no, name, prefix) DO NOTHING"
             }
             _ => {
-                "INSERT INTO api_key_labels (account_no, name, prefix) SELECT id, ?, ? FROM account_numbers WHERE value = ? ON CONFLICT (account_no, name, prefix) DO NOTHING"
+                "INSERT INTO api_key_labels (account_no, api_key_no, name, prefix) SELECT a.id, k.id, ?3, ?4 FROM account_numbers a, api_key_numbers k WHERE a.value = ?1 AND k.value = ?2 ON CONFLICT (account_no, api_key_no, name, prefix) DO NOTHING"
             }
         };
-        let label_values: [sea_orm::Value; 3] = match backend {
-            DbBackend::Postgres => [
-                r.account_id.clone().into(),
-                r.api_key_name.clone().into(),
-                r.api_key_prefix.clone().into(),
-            ],
-            _ => [
-                r.api_key_name.clone().into(),
-                r.api_key_prefix.clone().into(),
-                r.account_id.clone().into(),
-            ],
-        };
+        let label_values: [sea_orm::Value; 4] = [
+            r.account_id.clone().into(),
+            r.api_key_id.clone().into(),
+            r.api_key_name.clone().into(),
+            r.api_key_prefix.clone().into(),
+        ];
         self.db
             .execute(Statement::from_sql_and_values(backend, label, label_values))
             .await

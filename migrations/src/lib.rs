@@ -18,6 +18,7 @@ mod m20261207_000010_sqlite_packed_request_ids;
 mod m20261207_000011_usage_dictionary_numbers;
 mod m20261207_000012_row_api_key_numbers;
 mod m20261207_000013_row_api_key_labels;
+mod m20261207_000014_search_without_labels;
 mod sqlite;
 
 /// Every reqlog migration, in order.
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000011_usage_dictionary_numbers::Migration),
             Box::new(m20261207_000012_row_api_key_numbers::Migration),
             Box::new(m20261207_000013_row_api_key_labels::Migration),
+            Box::new(m20261207_000014_search_without_labels::Migration),
         ]
     }
 }

@@ -1,10 +1,11 @@
 //! Rows hold their key's name and prefix as one number, `api_key_label_no`, in
-//! `api_key_labels (account_no, name, prefix)`.
+//! `api_key_labels (account_no, api_key_no, name, prefix)`.
 //!
 //! A key's name and prefix repeat on every row the key made (in the benchmark's data 28 of
 //! `log_entries`' 150 B a row) and change only when the key is renamed. The labels are kept
-//! per account, so that a search tries the account's few labels, not every row's text, and
-//! a sort by name or prefix joins them.
+//! per account and key, so that a search tries the account's few labels, not every row's
+//! text, and reaches the rows of a matching label through the key index; a sort by name or
+//! prefix joins them.
 //!
 //! SQLite: the table is copied into one of the new shape, which takes the old name, as in
 //! `m20261207_000012`. PostgreSQL: the column is added, filled and the texts dropped. Down
@@ -84,29 +85,32 @@ impl MigrationTrait for Migration {
                     "CREATE TABLE api_key_labels (
                     id INTEGER PRIMARY KEY,
                     account_no INTEGER NOT NULL,
+                    api_key_no INTEGER NOT NULL,
                     name TEXT NOT NULL,
                     prefix TEXT NOT NULL,
-                    UNIQUE (account_no, name, prefix)
+                    UNIQUE (account_no, api_key_no, name, prefix)
                 )"
                 }
                 _ => {
                     "CREATE TABLE api_key_labels (
                     id BIGSERIAL PRIMARY KEY,
                     account_no INTEGER NOT NULL,
+                    api_key_no INTEGER NOT NULL,
                     name TEXT COLLATE \"C\" NOT NULL,
                     prefix TEXT COLLATE \"C\" NOT NULL,
-                    UNIQUE (account_no, name, prefix)
+                    UNIQUE (account_no, api_key_no, name, prefix)
                 )"
                 }
             }
             .to_owned(),
-            "INSERT INTO api_key_labels (account_no, name, prefix) \
-             SELECT DISTINCT account_no, api_key_name, api_key_prefix FROM log_entries \
-             ORDER BY 1, 2, 3"
+            "INSERT INTO api_key_labels (account_no, api_key_no, name, prefix) \
+             SELECT DISTINCT account_no, api_key_no, api_key_name, api_key_prefix \
+             FROM log_entries ORDER BY 1, 2, 3, 4"
                 .to_owned(),
         ];
         let join = "JOIN api_key_labels l ON l.account_no = e.account_no \
-                    AND l.name = e.api_key_name AND l.prefix = e.api_key_prefix";
+                    AND l.api_key_no = e.api_key_no AND l.name = e.api_key_name \
+                    AND l.prefix = e.api_key_prefix";
         if backend == DatabaseBackend::Sqlite {
             statements.extend([
                 sqlite_copy("api_key_label_no INTEGER NOT NULL"),
@@ -122,8 +126,8 @@ impl MigrationTrait for Migration {
                 [
                     "ALTER TABLE log_entries ADD COLUMN api_key_label_no INTEGER",
                     "UPDATE log_entries e SET api_key_label_no = l.id FROM api_key_labels l \
-                     WHERE l.account_no = e.account_no AND l.name = e.api_key_name \
-                     AND l.prefix = e.api_key_prefix",
+                     WHERE l.account_no = e.account_no AND l.api_key_no = e.api_key_no \
+                     AND l.name = e.api_key_name AND l.prefix = e.api_key_prefix",
                     "ALTER TABLE log_entries ALTER COLUMN api_key_label_no SET NOT NULL",
                     "ALTER TABLE log_entries DROP COLUMN api_key_name",
                     "ALTER TABLE log_entries DROP COLUMN api_key_prefix",

@@ -10,6 +10,7 @@ use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 
 backend_tests!(
     rare_terms_page_through_indexed_and_newest_rows,
+    key_names_beyond_the_walk_are_found_through_their_labels,
     filtered_rare_terms_take_candidates_until_the_page_fills,
     purged_rows_leave_the_search_index,
     rows_purged_before_indexing_never_reach_the_index,
@@ -164,6 +165,62 @@ async fn rare_terms_page_through_indexed_and_newest_rows(backend: Backend) {
         .collect();
     assert_eq!(kept.len(), 9);
     assert_eq!(search_all(&server, "needle", 4).await, kept);
+    server.shutdown().await;
+}
+
+/// The search index holds no key names or prefixes: a term that only the names of old rows'
+/// keys hold is found through the labels that match it and the key index, on every page,
+/// and only under the label that holds it (a key renamed keeps its old rows' name).
+async fn key_names_beyond_the_walk_are_found_through_their_labels(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let labelled = |n: usize, key: &str, name: &str, prefix: &str| {
+        let mut record = record(ACCOUNT, n);
+        record.api_key_id = key.into();
+        record.api_key_name = name.into();
+        record.api_key_prefix = prefix.into();
+        record.query_string = format!("q=row-{n}");
+        record
+    };
+    // The ten oldest rows are key k_old's as "Legacy Billing", the next five as "Renamed";
+    // k_two's five rows after them carry the term in their prefix.
+    let records = (0..ROWS)
+        .map(|n| match n {
+            0..10 => labelled(n, "k_old", "Legacy Billing", "pk_old"),
+            10..15 => labelled(n, "k_old", "Renamed", "pk_old"),
+            15..20 => labelled(n, "k_two", "Reports", "pk_legacy_bill"),
+            _ => record(ACCOUNT, n),
+        })
+        .collect();
+    record_all(&server, records).await;
+    // Another account's key of the same name never shows.
+    let mut other = labelled(0, "k_old", "Legacy Billing", "pk_old");
+    other.account_id = "acct_other".into();
+    server.client.record(other).await.expect("record");
+    search::index_pending(&server.db)
+        .await
+        .expect("index the rows");
+
+    let rows = |range: std::ops::Range<usize>| -> Vec<String> {
+        range.rev().map(|n| format!("q=row-{n}")).collect()
+    };
+    let mut expected = rows(15..20);
+    expected.extend(rows(0..10));
+    for page_size in [3, 100] {
+        assert_eq!(
+            search_all(&server, "legacy_bill", page_size).await,
+            rows(15..20),
+            "the prefix, page size {page_size}"
+        );
+        assert_eq!(
+            search_all(&server, "LEGACY", page_size).await,
+            expected,
+            "name and prefix, page size {page_size}"
+        );
+    }
+    assert_eq!(search_all(&server, "renamed", 2).await, rows(10..15));
+    assert!(search_all(&server, "legacy-absent", 10).await.is_empty());
     server.shutdown().await;
 }
 

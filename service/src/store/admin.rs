@@ -235,10 +235,8 @@ async fn delete_batch(
             txn.execute(Statement::from_sql_and_values(
                 DbBackend::Sqlite,
                 format!(
-                    r#"INSERT OR FAIL INTO log_search_removals (id, {columns}) SELECT e."id", {texts} FROM {rows} WHERE (e."account_no", e."ts", e."id") IN ({batch_sql}) AND e."id" <= ?"#,
-                    columns = super::search::SQLITE_COLUMNS,
-                    texts = super::search::SQLITE_ROW_TEXTS,
-                    rows = super::search::ROWS_WITH_LABELS,
+                    r#"INSERT OR FAIL INTO log_search_removals (id, {columns}) SELECT "id", {columns} FROM log_entries WHERE {chosen} AND "id" <= ?"#,
+                    columns = super::search::SQLITE_COLUMNS
                 ),
                 queue_values,
             ))
@@ -560,8 +558,8 @@ mod tests {
         let (_dir, db) = crate::store::test_database().await;
         // Ten rows of days 100–109 and their keys, and a cutoff far after them.
         db.execute_unprepared(
-            "INSERT OR IGNORE INTO api_key_labels (id, account_no, name, prefix) \
-             VALUES (1, 1, 'name', 'pk_'); \
+            "INSERT OR IGNORE INTO api_key_labels (id, account_no, api_key_no, name, prefix) \
+             VALUES (1, 1, 1, 'name', 'pk_'); \
              WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 9) \
              INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
              method, endpoint, status_code, ip_hash, duration_ms) \

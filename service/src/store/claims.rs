@@ -255,8 +255,8 @@ mod tests {
     /// group would (on the held transaction) or another connection.
     async fn store_row(db: &impl ConnectionTrait, id: i64, account_no: i64, day: i64) {
         db.execute_unprepared(&format!(
-            "INSERT OR IGNORE INTO api_key_labels (id, account_no, name, prefix) \
-             VALUES (1, 1, 'name', 'pk_'); \
+            "INSERT OR IGNORE INTO api_key_labels (id, account_no, api_key_no, name, prefix) \
+             VALUES (1, 1, 1, 'name', 'pk_'); \
              INSERT OR IGNORE INTO api_key_numbers (id, value) VALUES (1, 'k'); \
              INSERT INTO log_entries (id, account_no, ts, request_id, api_key_no, api_key_label_no, \
              method, endpoint, status_code, ip_hash, duration_ms) \
@@ -502,8 +502,8 @@ mod tests {
         .expect("row 1 claimed, row 2 pending, row 3 without a request id");
         insert_claimed(&db, claim(1, 1, 101)).await;
 
-        // The pending-claims migration and the five after it.
-        Migrator::down(&db, Some(6)).await.expect("down");
+        // The pending-claims migration and the six after it.
+        Migrator::down(&db, Some(7)).await.expect("down");
         assert_eq!(
             stored(&db, "request_ids").await,
             vec![claim(1, 1, 101), claim(2, 2, 102)]

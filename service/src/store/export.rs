@@ -538,8 +538,8 @@ mod tests {
     /// parameters `q=i%7` on odd rows and none on even ones, and one row of account `b`.
     async fn seed(db: &DatabaseConnection, count: i64) {
         db.execute_unprepared(&format!(
-            "INSERT OR IGNORE INTO api_key_labels (id, account_no, name, prefix) \
-             VALUES (1, 1, 'name', 'pk_'); \
+            "INSERT OR IGNORE INTO api_key_labels (id, account_no, api_key_no, name, prefix) \
+             VALUES (1, 1, 1, 'name', 'pk_'); \
              INSERT INTO account_numbers (id, value) VALUES (1, 'a'), (2, 'b'); \
              WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count}) \
              INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
@@ -602,8 +602,8 @@ mod tests {
             .expect("open");
         assert!(matches!(reader.snapshot, Snapshot::Own(_)));
         db.execute_unprepared(
-            "INSERT OR IGNORE INTO api_key_labels (id, account_no, name, prefix) \
-             VALUES (1, 1, 'name', 'pk_'); \
+            "INSERT OR IGNORE INTO api_key_labels (id, account_no, api_key_no, name, prefix) \
+             VALUES (1, 1, 1, 'name', 'pk_'); \
              INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
              method, endpoint, status_code, ip_hash, duration_ms) \
              VALUES (9000, 1, 9000, 1, 1, 'GET', '/v1', 200, X'AB01', 1)",
@@ -649,8 +649,8 @@ mod tests {
         for db in [file_db, memory_db] {
             db.execute_unprepared(
                 "INSERT INTO account_numbers (id, value) VALUES (1, 'a'); \
-                 INSERT INTO api_key_labels (id, account_no, name, prefix) \
-                 VALUES (1, 1, 'Zeta', 'pk_z'), (2, 1, 'Alpha', 'pk_a'), (3, 1, 'Mid', 'pk_m'); \
+                 INSERT INTO api_key_labels (id, account_no, api_key_no, name, prefix) \
+                 VALUES (1, 1, 1, 'Zeta', 'pk_z'), (2, 1, 1, 'Alpha', 'pk_a'), (3, 1, 1, 'Mid', 'pk_m'); \
                  WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500) \
                  INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
                  method, endpoint, status_code, ip_hash, duration_ms) \

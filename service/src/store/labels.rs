@@ -1,11 +1,13 @@
-//! Key labels: a key's name and prefix, stored once per account and label in
+//! Key labels: a key's name and prefix, stored once per account, key and label in
 //! `api_key_labels`; rows hold the label's number (`api_key_label_no`, migration
 //! `m20261207_000013`).
 //!
 //! Both texts repeat on every row a key made and change only when the key is renamed. They
 //! are kept per account, not in one dictionary for all: a search tries the account's few
 //! labels once (a condition on the rows' numbers), and a sort by name or prefix joins the
-//! account's labels. Like the dictionaries', a label is added the first time ingest sees it
+//! account's labels. Each label names its key (`api_key_no`), so the rows of a label that
+//! holds a search term are found through the key index: the search index holds neither
+//! text ([`matching_keys`]). Like the dictionaries', a label is added the first time ingest sees it
 //! (in the group's transaction, `ON CONFLICT DO NOTHING`) and never changed or removed, so a
 //! number names the same texts forever and a committed one may be cached.
 
@@ -40,24 +42,25 @@ const CHUNK: usize = 300;
 /// bytes and prefixes 32: a few MiB.
 const CACHE_LABELS: usize = 32_768;
 
-/// A label as the writer looks it up: the account's number, the name, the prefix.
-pub type Label<'a> = (i64, &'a str, &'a str);
+/// A label as the writer looks it up: the account's number, the key's number, the name,
+/// the prefix.
+pub type Label<'a> = (i64, i64, &'a str, &'a str);
 
 /// The writer's cache of committed labels, and its lookups for one group.
 #[derive(Debug, Default)]
 pub struct Labels {
-    committed: HashMap<(i64, String, String), i64>,
+    committed: HashMap<(i64, i64, String, String), i64>,
 }
 
 /// The labels a group's rows use that were not cached: found or added in this group's
 /// transaction, remembered only once it commits.
 #[derive(Debug, Default)]
 pub struct GroupLabels {
-    fresh: HashMap<(i64, String, String), i64>,
+    fresh: HashMap<(i64, i64, String, String), i64>,
 }
 
-fn owned((account_no, name, prefix): Label<'_>) -> (i64, String, String) {
-    (account_no, name.to_owned(), prefix.to_owned())
+fn owned((account_no, key_no, name, prefix): Label<'_>) -> (i64, i64, String, String) {
+    (account_no, key_no, name.to_owned(), prefix.to_owned())
 }
 
 impl Labels {
@@ -79,6 +82,7 @@ impl Labels {
         let columns = || {
             [
                 Alias::new("account_no"),
+                Alias::new("api_key_no"),
                 Alias::new("name"),
                 Alias::new("prefix"),
             ]
@@ -91,25 +95,24 @@ impl Labels {
                 .into_table(table.clone())
                 .columns(columns())
                 .on_conflict(OnConflict::columns(columns()).do_nothing().to_owned());
-            for &(account_no, name, prefix) in chunk {
+            for &(account_no, key_no, name, prefix) in chunk {
                 insert
-                    .values([account_no.into(), name.into(), prefix.into()])
+                    .values([account_no.into(), key_no.into(), name.into(), prefix.into()])
                     .map_err(|error| StoreError::Database(DbErr::Custom(error.to_string())))?;
             }
             txn.execute(backend.build(&insert)).await?;
-            // The account's number read as a bigint: PostgreSQL's column is an `integer`,
-            // which its driver will not decode as an i64.
+            // The numbers read as bigints: PostgreSQL's columns are `integer`s, which its
+            // driver will not decode as i64.
+            let bigint = |column: &str| Expr::col(Alias::new(column)).cast_as(Alias::new("BIGINT"));
             let select = Query::select()
                 .columns([Alias::new("id"), Alias::new("name"), Alias::new("prefix")])
-                .expr_as(
-                    Expr::col(Alias::new("account_no")).cast_as(Alias::new("BIGINT")),
-                    Alias::new("account_no"),
-                )
+                .expr_as(bigint("account_no"), Alias::new("account_no"))
+                .expr_as(bigint("api_key_no"), Alias::new("api_key_no"))
                 .from(table.clone())
                 .and_where(
                     Expr::tuple(columns().map(|column| Expr::col(column).into())).in_tuples(
-                        chunk.iter().map(|&(account_no, name, prefix)| {
-                            (account_no, name.to_owned(), prefix.to_owned())
+                        chunk.iter().map(|&(account_no, key_no, name, prefix)| {
+                            (account_no, key_no, name.to_owned(), prefix.to_owned())
                         }),
                     ),
                 )
@@ -117,6 +120,7 @@ impl Labels {
             for row in txn.query_all(backend.build(&select)).await? {
                 let label = (
                     row.try_get::<i64>("", "account_no")?,
+                    row.try_get::<i64>("", "api_key_no")?,
                     row.try_get::<String>("", "name")?,
                     row.try_get::<String>("", "prefix")?,
                 );
@@ -158,6 +162,38 @@ pub fn of_account_where(account_no: i64, matches: Condition) -> SelectStatement 
         .to_owned()
 }
 
+/// The keys (their numbers) of the account's labels that meet `matches` (a condition on
+/// the unqualified columns `name` and `prefix`): a search reads their rows through the key
+/// index, since the search index holds neither text.
+pub async fn matching_keys(
+    db: &impl ConnectionTrait,
+    account_no: i64,
+    matches: Condition,
+) -> Result<Vec<i64>, StoreError> {
+    let select = Query::select()
+        .distinct()
+        .expr_as(
+            Expr::col(Alias::new("api_key_no")).cast_as(Alias::new("BIGINT")),
+            Alias::new("api_key_no"),
+        )
+        .from(Alias::new(TABLE))
+        .cond_where(
+            Condition::all()
+                .add(Expr::col(Alias::new("account_no")).eq(account_no))
+                .add(matches),
+        )
+        .to_owned();
+    let backend = db.get_database_backend();
+    let mut keys = db
+        .query_all(backend.build(&select))
+        .await?
+        .iter()
+        .map(|row| row.try_get::<i64>("", "api_key_no"))
+        .collect::<Result<Vec<_>, DbErr>>()?;
+    keys.sort_unstable();
+    Ok(keys)
+}
+
 #[cfg(test)]
 mod tests {
     use sea_orm::{ConnectionTrait, TransactionTrait};
@@ -169,11 +205,12 @@ mod tests {
         let (_dir, db) = crate::store::test_database().await;
         let mut labels = Labels::default();
         let wanted = [
-            (1, "Production", "sk_live_"),
-            (1, "Production", "sk_live_"),
-            (2, "Production", "sk_live_"),
-            (1, "", ""),
-            (1, "Production", "sk_test_"),
+            (1, 1, "Production", "sk_live_"),
+            (1, 1, "Production", "sk_live_"),
+            (2, 1, "Production", "sk_live_"),
+            (1, 1, "", ""),
+            (1, 1, "Production", "sk_test_"),
+            (1, 2, "Production", "sk_live_"),
         ];
         let txn = db.begin().await.unwrap();
         let group = labels.resolve(&txn, wanted.into_iter()).await.unwrap();
@@ -184,7 +221,7 @@ mod tests {
             .collect();
         assert_eq!(numbers[0], numbers[1]);
         let distinct: HashSet<i64> = numbers.iter().copied().collect();
-        assert_eq!(distinct.len(), 4, "{numbers:?}");
+        assert_eq!(distinct.len(), 5, "{numbers:?}");
         labels.committed(group);
 
         // Cached now: a group of known labels adds nothing and needs no statement's answer.
@@ -214,7 +251,7 @@ mod tests {
             .unwrap()
             .try_get::<i64>("", "n")
             .unwrap();
-        assert_eq!(stored, 4);
+        assert_eq!(stored, 5);
     }
 
     #[tokio::test]
@@ -223,15 +260,15 @@ mod tests {
         let labels = Labels::default();
         let txn = db.begin().await.unwrap();
         let group = labels
-            .resolve(&txn, [(7, "Key", "pk_")].into_iter())
+            .resolve(&txn, [(7, 1, "Key", "pk_")].into_iter())
             .await
             .unwrap();
-        assert!(labels.id(&group, (7, "Key", "pk_")).is_some());
+        assert!(labels.id(&group, (7, 1, "Key", "pk_")).is_some());
         txn.rollback().await.unwrap();
         // The group is dropped, never committed: nothing is cached and nothing stored.
         let txn = db.begin().await.unwrap();
         let again = labels
-            .resolve(&txn, [(7, "Key", "pk_")].into_iter())
+            .resolve(&txn, [(7, 1, "Key", "pk_")].into_iter())
             .await
             .unwrap();
         txn.commit().await.unwrap();

@@ -280,8 +280,10 @@ async fn indexed_search_page(
                 .await?
         }
     };
+    let labelled = labelled_rows(db, account_no, query, term, after, page_size).await?;
     let mut rows = newest;
     rows.extend(indexed);
+    rows.extend(labelled);
     rows.sort_by_key(|row| (row.ts, row.id));
     // The two reads are separate statements: the indexer may have copied a row between
     // them, and then both found it.
@@ -291,6 +293,43 @@ async fn indexed_search_page(
     }
     rows.truncate(wanted);
     Ok(finish_page(query, rows, page_size))
+}
+
+/// Keys whose matching labels a search reads key by key; past this many, it walks the
+/// account's rows instead (a term in the name of most keys fills its pages in the walk
+/// over the newest rows long before it gets here).
+const MOST_LABELLED_KEYS: usize = 32;
+
+/// The page's rows whose key's label holds `term`, in the page's order: the search index
+/// holds neither the name nor the prefix (migration `m20261207_000014`), so the keys whose
+/// labels match (`labels::matching_keys`, the account's few labels) are read through the key
+/// index, one range a key, each with the full search condition.
+async fn labelled_rows(
+    db: &impl ConnectionTrait,
+    account_no: i64,
+    query: &LogQuery,
+    term: &str,
+    after: Option<&Cursor>,
+    page_size: u32,
+) -> Result<Vec<log_entry::Model>, StoreError> {
+    let backend = db.get_database_backend();
+    let keys =
+        labels::matching_keys(db, account_no, label_holds(backend, &like_pattern(term))).await?;
+    if keys.len() > MOST_LABELLED_KEYS {
+        return Ok(page_select(backend, account_no, query, after, page_size)
+            .all(db)
+            .await?);
+    }
+    let mut rows = Vec::new();
+    for key in keys {
+        rows.extend(
+            page_select(backend, account_no, query, after, page_size)
+                .filter(log_entry::Column::ApiKeyNo.eq(key))
+                .all(db)
+                .await?,
+        );
+    }
+    Ok(rows)
 }
 
 /// The condition "the account's row lies above the search index's watermark".
@@ -687,6 +726,14 @@ fn contains(backend: DbBackend, target: &str, pattern: &str) -> SimpleExpr {
     Expr::cust_with_values(sql, [pattern])
 }
 
+/// The condition "a label's name or prefix holds the search term" (`pattern`, from
+/// [`like_pattern`]), on `api_key_labels`' unqualified columns.
+fn label_holds(backend: DbBackend, pattern: &str) -> Condition {
+    Condition::any()
+        .add(contains(backend, r#""name""#, pattern))
+        .add(contains(backend, r#""prefix""#, pattern))
+}
+
 /// Which of the columns with a fixed shape could hold a search term: methods come from a
 /// fixed set, status codes are three digits, IP hashes lower-case hex.
 #[derive(Debug)]
@@ -727,13 +774,9 @@ impl SearchColumns {
 fn search_condition(backend: DbBackend, account_no: i64, term: &str) -> Condition {
     let pattern = like_pattern(term);
     let columns = SearchColumns::of(term);
-    let label_holds = Condition::any()
-        .add(contains(backend, r#""name""#, &pattern))
-        .add(contains(backend, r#""prefix""#, &pattern));
-    let mut any = Condition::any().add(
-        Expr::col(log_entry::Column::ApiKeyLabelNo)
-            .in_subquery(labels::of_account_where(account_no, label_holds)),
-    );
+    let mut any = Condition::any().add(Expr::col(log_entry::Column::ApiKeyLabelNo).in_subquery(
+        labels::of_account_where(account_no, label_holds(backend, &pattern)),
+    ));
     for target in [r#""endpoint""#, r#""query_params""#, r#""error_code""#] {
         any = any.add(contains(backend, target, &pattern));
     }
@@ -778,7 +821,9 @@ fn with_row_conditions(
     }
     if !filter.api_key_ids.is_empty() {
         let ids: Vec<&str> = filter.api_key_ids.iter().map(String::as_str).collect();
-        all = all.add(holds_number_of(C::ApiKeyNo, Dictionary::ApiKeys, &ids));
+        // Qualified: a sort by name or prefix joins the label, which names its key too.
+        let column = (log_entry::Entity, C::ApiKeyNo);
+        all = all.add(holds_number_of(column, Dictionary::ApiKeys, &ids));
     }
     if !filter.methods.is_empty() {
         all = all.add(C::Method.is_in(filter.methods.iter().copied()));
@@ -988,8 +1033,8 @@ mod tests {
     async fn rows_hold_key_numbers_and_pages_spell_them() {
         use reqlog_migrations::{Migrator, MigratorTrait};
         let (_dir, db) = crate::store::test_database().await;
-        // The migration and the one after it (key labels).
-        Migrator::down(&db, Some(2)).await.expect("down");
+        // The migration and the two after it (key labels, and the search index without them).
+        Migrator::down(&db, Some(3)).await.expect("down");
         db.execute_unprepared(
             "INSERT INTO account_numbers (id, value) VALUES (1, 'a'); \
              INSERT INTO log_entries (id, account_no, ts, api_key_id, api_key_name, \
@@ -1062,7 +1107,7 @@ mod tests {
             [(2, "alpha".to_owned())]
         );
 
-        Migrator::down(&db, Some(2)).await.expect("down again");
+        Migrator::down(&db, Some(3)).await.expect("down again");
         assert_eq!(
             one("SELECT group_concat(api_key_id) AS v FROM (SELECT api_key_id FROM log_entries ORDER BY id)")
                 .await,

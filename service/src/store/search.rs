@@ -61,23 +61,18 @@ const SQLITE_ROWS_PER_MERGE_PAGE: i64 = 20;
 /// columns). Every searched free-text column is a substring of it, so a row whose column
 /// contains the term has a `doc` that contains it too (`pg_trgm` takes trigrams within words,
 /// so none spans two columns).
-/// Over [`ROWS_WITH_LABELS`].
-pub const DOC_SQL: &str = "l.name || chr(1) || l.prefix || chr(1) || e.endpoint \
-     || chr(1) || COALESCE(e.query_params, '') || chr(1) || COALESCE(e.error_code, '')";
-
-/// `log_entries` as `e`, each row with its key's label (`api_key_labels`, as `l`): the
-/// rows' texts the search indexes.
-pub const ROWS_WITH_LABELS: &str =
-    "log_entries e JOIN api_key_labels l ON l.id = e.api_key_label_no";
+/// The key's name and prefix are not in it: a search finds the rows of a label that holds
+/// the term through the key index (`store::labels::matching_keys`).
+pub const DOC_SQL: &str =
+    "endpoint || chr(1) || COALESCE(query_params, '') || chr(1) || COALESCE(error_code, '')";
 
 /// SQLite: the searched free-text columns, as `log_entries`, `log_search` and
 /// `log_search_removals` all name them. Each is a column of the FTS5 table: the trigram
 /// tokenizer knows no separators, and joined into one text the columns added ~12 trigrams a
 /// row that span two of them and never match (migration `m20261207_000009`).
-pub const SQLITE_COLUMNS: &str = "api_key_name, api_key_prefix, endpoint, query_params, error_code";
-
-/// SQLite: the same texts read from [`ROWS_WITH_LABELS`], in [`SQLITE_COLUMNS`]' order.
-pub const SQLITE_ROW_TEXTS: &str = "l.name, l.prefix, e.endpoint, e.query_params, e.error_code";
+/// The key's name and prefix are not among them (see [`DOC_SQL`]; migration
+/// `m20261207_000014`).
+pub const SQLITE_COLUMNS: &str = "endpoint, query_params, error_code";
 
 /// The FTS5 query (SQLite) for rows whose text may contain `term`: the AND of the term's
 /// distinct trigrams, each a quoted token (the table keeps no positions, so no phrase
@@ -180,8 +175,7 @@ async fn index_chunk_sqlite(db: &WriterDb, drop_removed: bool) -> Result<Chunk, 
                 backend,
                 format!(
                     "INSERT INTO log_search (rowid, {SQLITE_COLUMNS}) \
-                     SELECT e.id, {SQLITE_ROW_TEXTS} FROM {ROWS_WITH_LABELS} \
-                     WHERE e.id > ? AND e.id <= ?"
+                     SELECT id, {SQLITE_COLUMNS} FROM log_entries WHERE id > ? AND id <= ?"
                 ),
                 [from.into(), upto.into()],
             ))
@@ -300,8 +294,8 @@ async fn index_pending_postgres(db: &DatabaseConnection) -> Result<u64, StoreErr
                 backend,
                 format!(
                     "INSERT INTO log_search (id, account_no, ts, doc) \
-                     SELECT e.id, e.account_no, e.ts, {DOC_SQL} FROM {ROWS_WITH_LABELS} \
-                     WHERE e.id > $1 AND e.id <= $2 ON CONFLICT (id) DO NOTHING"
+                     SELECT id, account_no, ts, {DOC_SQL} FROM log_entries \
+                     WHERE id > $1 AND id <= $2 ON CONFLICT (id) DO NOTHING"
                 ),
                 [from.into(), upto.into()],
             ))
@@ -436,8 +430,8 @@ mod tests {
         let (_dir, db) = crate::store::test_database().await;
         assert_eq!(index_pending(&db).await.unwrap(), 0);
         for statement in [
-            "INSERT OR IGNORE INTO api_key_labels (id, account_no, name, prefix) \
-             VALUES (1, 1, 'name', 'pk_'); \
+            "INSERT OR IGNORE INTO api_key_labels (id, account_no, api_key_no, name, prefix) \
+             VALUES (1, 1, 1, 'name', 'pk_'); \
              INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
              method, endpoint, status_code, ip_hash, duration_ms) \
              VALUES (1, 1, 1, 1, 1, 'GET', '/v1/needle', 200, X'ab', 1), \
@@ -479,8 +473,8 @@ mod tests {
         // Nothing to do.
         assert_eq!(chunk(&db).await, (0, false));
         db.execute_unprepared(
-            "INSERT OR IGNORE INTO api_key_labels (id, account_no, name, prefix) \
-             VALUES (1, 1, 'name', 'pk_'); \
+            "INSERT OR IGNORE INTO api_key_labels (id, account_no, api_key_no, name, prefix) \
+             VALUES (1, 1, 1, 'name', 'pk_'); \
              WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600) \
              INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
              method, endpoint, status_code, ip_hash, duration_ms) \
@@ -527,8 +521,8 @@ mod tests {
     async fn sqlite_deleted_rows_leave_the_index_on_the_next_chunk() {
         let (_dir, db) = crate::store::test_database().await;
         db.execute_unprepared(
-            "INSERT OR IGNORE INTO api_key_labels (id, account_no, name, prefix) \
-             VALUES (1, 1, 'name', 'pk_'); \
+            "INSERT OR IGNORE INTO api_key_labels (id, account_no, api_key_no, name, prefix) \
+             VALUES (1, 1, 1, 'name', 'pk_'); \
              INSERT INTO account_numbers (id, value) VALUES (1, 'a'); \
              INSERT INTO api_key_numbers (id, value) VALUES (1, 'gone'), (2, 'kept'); \
              INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
@@ -619,8 +613,8 @@ mod tests {
         let (_dir, db) = crate::store::test_database().await;
         db.execute_unprepared(
             "INSERT INTO account_numbers (id, value) VALUES (1, 'a'); \
-             INSERT INTO api_key_labels (id, account_no, name, prefix) \
-             VALUES (1, 1, 'Billing', 'pk_live'), (2, 1, 'Reports', 'pk_test'); \
+             INSERT INTO api_key_labels (id, account_no, api_key_no, name, prefix) \
+             VALUES (1, 1, 1, 'Billing', 'pk_live'), (2, 1, 1, 'Reports', 'pk_test'); \
              INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
              method, endpoint, query_params, status_code, error_code, \
              ip_hash, duration_ms) \
@@ -633,23 +627,15 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(index_pending(&db).await.unwrap(), 2);
-        // Exactly the columns' own trigrams: none spans two columns.
+        // Exactly the columns' own trigrams: none spans two columns, and the key's name and
+        // prefix are not indexed (a search reaches them through the key's label).
         assert_eq!(
             indexed_terms(&db).await,
-            trigrams_of(&[
-                "Billing",
-                "pk_live",
-                "/v1/charges",
-                "limit=5",
-                "CARD_DECLINED",
-                "Reports",
-                "pk_test",
-                "/v1/export",
-            ])
+            trigrams_of(&["/v1/charges", "limit=5", "CARD_DECLINED", "/v1/export"])
         );
         for (term, rows) in [
-            ("billing", vec![1]),
-            ("PK_", vec![1, 2]),
+            ("billing", vec![]),
+            ("PK_", vec![]),
             ("export", vec![2]),
             ("imit=", vec![1]),
             ("declined", vec![1]),
@@ -662,8 +648,8 @@ mod tests {
     async fn the_sqlite_column_migration_indexes_every_row_again() {
         use reqlog_migrations::{Migrator, MigratorTrait};
         let (_dir, db) = crate::store::test_database().await;
-        // This migration and the four after it.
-        Migrator::down(&db, Some(5)).await.expect("down");
+        // This migration and the five after it.
+        Migrator::down(&db, Some(6)).await.expect("down");
         // A database from before the migration: two rows indexed as one text, one of them
         // deleted and queued for the indexer.
         db.execute_unprepared(

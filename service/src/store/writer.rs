@@ -742,10 +742,16 @@ async fn commit_group(
         .labels
         .resolve(
             &txn,
-            assigned.keys().map(|&index| {
+            assigned.keys().filter_map(|&index| {
                 let entry = entries[index];
+                let key_no = dictionaries.keys.id(&group_keys, &entry.api_key_id)?;
                 let name = entry.api_key_name.as_str();
-                (account_nos[index], name, entry.api_key_prefix.as_str())
+                Some((
+                    account_nos[index],
+                    key_no,
+                    name,
+                    entry.api_key_prefix.as_str(),
+                ))
             }),
         )
         .await?;
@@ -1119,6 +1125,7 @@ async fn insert_rows(
             })?;
             let label = (
                 account_no,
+                key_no,
                 entry.api_key_name.as_str(),
                 entry.api_key_prefix.as_str(),
             );
@@ -1343,9 +1350,9 @@ mod tests {
             .map(|row| row.request_id.map(|id| id.0))
             .collect();
         assert_eq!(read, ids.map(|id| Some(id.to_owned())));
-        // Reverting the migration (and the three after it) turns the bytes back into the same
+        // Reverting the migration (and the four after it) turns the bytes back into the same
         // text.
-        Migrator::down(&db, Some(4)).await.expect("down");
+        Migrator::down(&db, Some(5)).await.expect("down");
         let texts = db
             .query_all(Statement::from_string(
                 DbBackend::Sqlite,
