@@ -749,7 +749,7 @@ impl Raw {
 
 const PAGE: i32 = 100;
 /// A row's columns, its key's name and prefix spelled from `api_key_labels`.
-const COLUMNS: &str = "log_entries.id, log_entries.account_no, ts, request_id, api_key_no, (SELECT name FROM api_key_labels WHERE api_key_labels.id = api_key_label_no) AS api_key_name, (SELECT prefix FROM api_key_labels WHERE api_key_labels.id = api_key_label_no) AS api_key_prefix, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent_id, duration_ms";
+const COLUMNS: &str = "log_entries.id, log_entries.account_no, ts, request_id, log_entries.api_key_no, (SELECT name FROM api_key_labels WHERE api_key_labels.id = api_key_label_no) AS api_key_name, (SELECT prefix FROM api_key_labels WHERE api_key_labels.id = api_key_label_no) AS api_key_prefix, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent_id, duration_ms";
 
 /// The number reqlog gave `account` in `account_numbers`: the raw queries name the account
 /// by it, as reqlog's own queries do, looked up once before anything is timed.

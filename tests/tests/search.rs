@@ -11,6 +11,7 @@ use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 backend_tests!(
     rare_terms_page_through_indexed_and_newest_rows,
     key_names_beyond_the_walk_are_found_through_their_labels,
+    a_name_many_keys_share_is_found_by_walking_the_account,
     filtered_rare_terms_take_candidates_until_the_page_fills,
     purged_rows_leave_the_search_index,
     rows_purged_before_indexing_never_reach_the_index,
@@ -221,6 +222,38 @@ async fn key_names_beyond_the_walk_are_found_through_their_labels(backend: Backe
     }
     assert_eq!(search_all(&server, "renamed", 2).await, rows(10..15));
     assert!(search_all(&server, "legacy-absent", 10).await.is_empty());
+    server.shutdown().await;
+}
+
+/// A term in the names of more keys than a search reads key by key (32): the account's rows
+/// are walked instead, with the same answer.
+async fn a_name_many_keys_share_is_found_by_walking_the_account(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let records = (0..ROWS)
+        .map(|n| {
+            let mut record = record(ACCOUNT, n);
+            if n < 40 {
+                record.api_key_id = format!("fleet_{n}");
+                record.api_key_name = format!("Fleet car {n}");
+                record.query_string = format!("q=row-{n}");
+            }
+            record
+        })
+        .collect();
+    record_all(&server, records).await;
+    search::index_pending(&server.db)
+        .await
+        .expect("index the rows");
+    let expected: Vec<String> = (0..40).rev().map(|n| format!("q=row-{n}")).collect();
+    for page_size in [7, 100] {
+        assert_eq!(
+            search_all(&server, "fleet car", page_size).await,
+            expected,
+            "page size {page_size}"
+        );
+    }
     server.shutdown().await;
 }
 
