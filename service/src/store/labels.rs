@@ -7,9 +7,9 @@
 //! labels once (a condition on the rows' numbers), and a sort by name or prefix joins the
 //! account's labels. Each label names its key (`api_key_no`), so the rows of a label that
 //! holds a search term are found through the key index: the search index holds neither
-//! text ([`matching_keys`]). Like the dictionaries', a label is added the first time ingest sees it
-//! (in the group's transaction, `ON CONFLICT DO NOTHING`) and never changed or removed, so a
-//! number names the same texts forever and a committed one may be cached.
+//! text ([`matching_keys`]). Like the dictionaries', a label is added the first time ingest
+//! sees it (in the group's transaction, `ON CONFLICT DO NOTHING`) and never changed or
+//! removed, so a number names the same texts forever and a committed one may be cached.
 
 use std::collections::{HashMap, HashSet};
 
