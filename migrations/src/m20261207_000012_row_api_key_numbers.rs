@@ -13,7 +13,7 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DatabaseBackend;
 
-use crate::sqlite::run_all;
+use crate::sqlite::{run_all, swap_log_entries_copy};
 
 #[derive(DeriveMigrationName)]
 pub(crate) struct Migration;
@@ -46,28 +46,6 @@ fn sqlite_copy(key_column: &str) -> String {
 const REST: &str = "api_key_name, api_key_prefix, method, endpoint, query_params, \
                     status_code, error_code, ip_hash, user_agent_id, duration_ms";
 
-/// SQLite: replaces `log_entries` by the filled copy, with its indexes and their statistics
-/// (a real `ANALYZE`'s, or the first migration's defaults); `key` is the key index's column.
-fn sqlite_swap(key: &str) -> Vec<String> {
-    vec![
-        "CREATE TEMP TABLE log_entries_stat AS \
-         SELECT tbl, idx, stat FROM sqlite_stat1 WHERE tbl = 'log_entries'"
-            .to_owned(),
-        "DROP TABLE log_entries".to_owned(),
-        "ALTER TABLE log_entries_copy RENAME TO log_entries".to_owned(),
-        format!(
-            "CREATE INDEX idx_log_entries_account_key_ts ON log_entries \
-             (account_no, {key}, ts, id)"
-        ),
-        "CREATE INDEX idx_log_entries_id ON log_entries (id)".to_owned(),
-        "DELETE FROM sqlite_stat1 WHERE tbl = 'log_entries'".to_owned(),
-        "INSERT INTO sqlite_stat1 (tbl, idx, stat) SELECT tbl, idx, stat FROM temp.log_entries_stat"
-            .to_owned(),
-        "DROP TABLE temp.log_entries_stat".to_owned(),
-        "ANALYZE sqlite_schema".to_owned(),
-    ]
-}
-
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -87,7 +65,7 @@ impl MigrationTrait for Migration {
                      FROM log_entries e JOIN api_key_numbers k ON k.value = e.api_key_id"
                 ),
             ]);
-            statements.extend(sqlite_swap("api_key_no"));
+            statements.extend(swap_log_entries_copy("api_key_no"));
         } else {
             statements.extend(
                 [
@@ -116,7 +94,7 @@ impl MigrationTrait for Migration {
                      FROM log_entries e JOIN api_key_numbers k ON k.id = e.api_key_no"
                 ),
             ];
-            statements.extend(sqlite_swap("api_key_id"));
+            statements.extend(swap_log_entries_copy("api_key_id"));
             statements
         } else {
             [

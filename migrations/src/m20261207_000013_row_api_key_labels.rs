@@ -14,7 +14,7 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DatabaseBackend;
 
-use crate::sqlite::run_all;
+use crate::sqlite::{run_all, swap_log_entries_copy};
 
 #[derive(DeriveMigrationName)]
 pub(crate) struct Migration;
@@ -45,26 +45,6 @@ fn sqlite_copy(label_columns: &str) -> String {
 /// The columns both shapes share, but for the label.
 const SHARED: &str = "id, account_no, ts, request_id, api_key_no, method, endpoint, \
                       query_params, status_code, error_code, ip_hash, user_agent_id, duration_ms";
-
-/// SQLite: replaces `log_entries` by the filled copy, with its indexes and their statistics.
-fn sqlite_swap() -> Vec<String> {
-    [
-        "CREATE TEMP TABLE log_entries_stat AS \
-         SELECT tbl, idx, stat FROM sqlite_stat1 WHERE tbl = 'log_entries'",
-        "DROP TABLE log_entries",
-        "ALTER TABLE log_entries_copy RENAME TO log_entries",
-        "CREATE INDEX idx_log_entries_account_key_ts ON log_entries \
-         (account_no, api_key_no, ts, id)",
-        "CREATE INDEX idx_log_entries_id ON log_entries (id)",
-        "DELETE FROM sqlite_stat1 WHERE tbl = 'log_entries'",
-        "INSERT INTO sqlite_stat1 (tbl, idx, stat) \
-         SELECT tbl, idx, stat FROM temp.log_entries_stat",
-        "DROP TABLE temp.log_entries_stat",
-        "ANALYZE sqlite_schema",
-    ]
-    .map(str::to_owned)
-    .to_vec()
-}
 
 /// Prefixed with the row's alias `e`.
 fn shared_of_e() -> String {
@@ -120,7 +100,7 @@ impl MigrationTrait for Migration {
                     shared_of_e()
                 ),
             ]);
-            statements.extend(sqlite_swap());
+            statements.extend(swap_log_entries_copy("api_key_no"));
         } else {
             statements.extend(
                 [
@@ -149,7 +129,7 @@ impl MigrationTrait for Migration {
                     shared_of_e()
                 ),
             ];
-            statements.extend(sqlite_swap());
+            statements.extend(swap_log_entries_copy("api_key_no"));
             statements
         } else {
             [

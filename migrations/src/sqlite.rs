@@ -44,3 +44,27 @@ pub(crate) async fn run_all(
     }
     Ok(())
 }
+
+/// SQLite: replaces `log_entries` by `log_entries_copy` (filled by the caller), with its two
+/// indexes and the planner statistics they had (a real `ANALYZE`'s, or the first
+/// migration's defaults); `key` is the key index's second column.
+pub(crate) fn swap_log_entries_copy(key: &str) -> Vec<String> {
+    vec![
+        "CREATE TEMP TABLE log_entries_stat AS \
+         SELECT tbl, idx, stat FROM sqlite_stat1 WHERE tbl = 'log_entries'"
+            .to_owned(),
+        "DROP TABLE log_entries".to_owned(),
+        "ALTER TABLE log_entries_copy RENAME TO log_entries".to_owned(),
+        format!(
+            "CREATE INDEX idx_log_entries_account_key_ts ON log_entries \
+             (account_no, {key}, ts, id)"
+        ),
+        "CREATE INDEX idx_log_entries_id ON log_entries (id)".to_owned(),
+        "DELETE FROM sqlite_stat1 WHERE tbl = 'log_entries'".to_owned(),
+        "INSERT INTO sqlite_stat1 (tbl, idx, stat) \
+         SELECT tbl, idx, stat FROM temp.log_entries_stat"
+            .to_owned(),
+        "DROP TABLE temp.log_entries_stat".to_owned(),
+        "ANALYZE sqlite_schema".to_owned(),
+    ]
+}

@@ -46,21 +46,32 @@ const CACHE_LABELS: usize = 32_768;
 /// the prefix.
 pub type Label<'a> = (i64, i64, &'a str, &'a str);
 
+/// Label numbers by (account, key): each key's (name, prefix, number). A key has one label
+/// until it is renamed, so a lookup hashes two integers, scans a label or two, and (on the
+/// ingest path, twice a record) allocates nothing.
+type ByKey = HashMap<(i64, i64), Vec<(String, String, i64)>>;
+
+fn find(labels: &ByKey, (account_no, key_no, name, prefix): Label<'_>) -> Option<i64> {
+    labels
+        .get(&(account_no, key_no))?
+        .iter()
+        .find(|(n, p, _)| n == name && p == prefix)
+        .map(|&(_, _, id)| id)
+}
+
 /// The writer's cache of committed labels, and its lookups for one group.
 #[derive(Debug, Default)]
 pub struct Labels {
-    committed: HashMap<(i64, i64, String, String), i64>,
+    committed: ByKey,
+    /// Labels in `committed`.
+    count: usize,
 }
 
 /// The labels a group's rows use that were not cached: found or added in this group's
 /// transaction, remembered only once it commits.
 #[derive(Debug, Default)]
 pub struct GroupLabels {
-    fresh: HashMap<(i64, i64, String, String), i64>,
-}
-
-fn owned((account_no, key_no, name, prefix): Label<'_>) -> (i64, i64, String, String) {
-    (account_no, key_no, name.to_owned(), prefix.to_owned())
+    fresh: ByKey,
 }
 
 impl Labels {
@@ -73,7 +84,7 @@ impl Labels {
         labels: impl Iterator<Item = Label<'a>>,
     ) -> Result<GroupLabels, StoreError> {
         let mut missing: Vec<Label<'a>> = labels
-            .filter(|label| !self.committed.contains_key(&owned(*label)))
+            .filter(|label| find(&self.committed, *label).is_none())
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
@@ -88,7 +99,7 @@ impl Labels {
             ]
         };
         let backend = txn.get_database_backend();
-        let mut fresh = HashMap::with_capacity(missing.len());
+        let mut fresh = ByKey::new();
         for chunk in missing.chunks(CHUNK) {
             let mut insert = Query::insert();
             insert
@@ -118,13 +129,15 @@ impl Labels {
                 )
                 .to_owned();
             for row in txn.query_all(backend.build(&select)).await? {
-                let label = (
+                let key = (
                     row.try_get::<i64>("", "account_no")?,
                     row.try_get::<i64>("", "api_key_no")?,
+                );
+                fresh.entry(key).or_default().push((
                     row.try_get::<String>("", "name")?,
                     row.try_get::<String>("", "prefix")?,
-                );
-                fresh.insert(label, row.try_get("", "id")?);
+                    row.try_get("", "id")?,
+                ));
             }
         }
         Ok(GroupLabels { fresh })
@@ -132,27 +145,34 @@ impl Labels {
 
     /// The number of `label` for a row of the group `group` was resolved for.
     pub fn id(&self, group: &GroupLabels, label: Label<'_>) -> Option<i64> {
-        let label = owned(label);
-        self.committed
-            .get(&label)
-            .or_else(|| group.fresh.get(&label))
-            .copied()
+        find(&self.committed, label).or_else(|| find(&group.fresh, label))
     }
 
     /// Remembers a committed group's new labels.
     pub fn committed(&mut self, group: GroupLabels) {
-        if self.committed.len() + group.fresh.len() > CACHE_LABELS {
+        let fresh: usize = group.fresh.values().map(Vec::len).sum();
+        if self.count + fresh > CACHE_LABELS {
             self.committed.clear();
+            self.count = 0;
         }
-        self.committed.extend(group.fresh);
+        self.count += fresh;
+        for (key, labels) in group.fresh {
+            self.committed.entry(key).or_default().extend(labels);
+        }
     }
 }
 
 /// The account's labels whose name or prefix meets `matches` (a condition on the unqualified
 /// columns `name` and `prefix`): a subquery for "the row's label is one of them".
 pub fn of_account_where(account_no: i64, matches: Condition) -> SelectStatement {
-    Query::select()
+    of_account(account_no, matches)
         .column(Alias::new("id"))
+        .to_owned()
+}
+
+/// A SELECT, without columns yet, of the account's labels that meet `matches`.
+fn of_account(account_no: i64, matches: Condition) -> SelectStatement {
+    Query::select()
         .from(Alias::new(TABLE))
         .cond_where(
             Condition::all()
@@ -170,17 +190,11 @@ pub async fn matching_keys(
     account_no: i64,
     matches: Condition,
 ) -> Result<Vec<i64>, StoreError> {
-    let select = Query::select()
+    let select = of_account(account_no, matches)
         .distinct()
         .expr_as(
             Expr::col(Alias::new("api_key_no")).cast_as(Alias::new("BIGINT")),
             Alias::new("api_key_no"),
-        )
-        .from(Alias::new(TABLE))
-        .cond_where(
-            Condition::all()
-                .add(Expr::col(Alias::new("account_no")).eq(account_no))
-                .add(matches),
         )
         .to_owned();
     let backend = db.get_database_backend();

@@ -49,7 +49,10 @@ pub async fn page(
         });
     };
     let mut page = if let Some(term) = indexed_search_term(query) {
-        indexed_search_page(db, account_no, query, term, after, page_size).await?
+        let mut page = indexed_search_page(db, account_no, query, term, after, page_size).await?;
+        // In time order, whose cursor needs no text.
+        fill_texts(db, &query.account_id, &mut page.rows).await?;
+        page
     } else {
         let select = page_select(backend, account_no, query, after, page_size);
         let mut rows = if backend == DbBackend::Postgres
@@ -71,10 +74,6 @@ pub async fn page(
         fill_texts(db, &query.account_id, &mut rows).await?;
         finish_page(query, rows, page_size)
     };
-    if indexed_search_term(query).is_some() {
-        // In time order, whose cursor needs no text.
-        fill_texts(db, &query.account_id, &mut page.rows).await?;
-    }
     if include_total {
         page.total = Some(count(db, account_no, &query.filter).await?);
     }
