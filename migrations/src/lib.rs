@@ -19,6 +19,7 @@ mod m20261207_000011_usage_dictionary_numbers;
 mod m20261207_000012_row_api_key_numbers;
 mod m20261207_000013_row_api_key_labels;
 mod m20261207_000014_search_without_labels;
+mod m20261207_000015_row_endpoint_numbers;
 mod sqlite;
 
 /// Every reqlog migration, in order.
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000012_row_api_key_numbers::Migration),
             Box::new(m20261207_000013_row_api_key_labels::Migration),
             Box::new(m20261207_000014_search_without_labels::Migration),
+            Box::new(m20261207_000015_row_endpoint_numbers::Migration),
         ]
     }
 }

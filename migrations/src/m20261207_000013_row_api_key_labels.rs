@@ -14,7 +14,7 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DatabaseBackend;
 
-use crate::sqlite::{run_all, swap_log_entries_copy};
+use crate::sqlite::{qualified, run_all, swap_log_entries_copy};
 
 #[derive(DeriveMigrationName)]
 pub(crate) struct Migration;
@@ -45,15 +45,6 @@ fn sqlite_copy(label_columns: &str) -> String {
 /// The columns both shapes share, but for the label.
 const SHARED: &str = "id, account_no, ts, request_id, api_key_no, method, endpoint, \
                       query_params, status_code, error_code, ip_hash, user_agent_id, duration_ms";
-
-/// Prefixed with the row's alias `e`.
-fn shared_of_e() -> String {
-    SHARED
-        .split(", ")
-        .map(|column| format!("e.{column}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
@@ -97,7 +88,7 @@ impl MigrationTrait for Migration {
                 format!(
                     "INSERT INTO log_entries_copy ({SHARED}, api_key_label_no) \
                      SELECT {}, l.id FROM log_entries e {join}",
-                    shared_of_e()
+                    qualified("e", SHARED)
                 ),
             ]);
             statements.extend(swap_log_entries_copy("api_key_no"));
@@ -126,7 +117,7 @@ impl MigrationTrait for Migration {
                     "INSERT INTO log_entries_copy ({SHARED}, api_key_name, api_key_prefix) \
                      SELECT {}, l.name, l.prefix FROM log_entries e \
                      JOIN api_key_labels l ON l.id = e.api_key_label_no",
-                    shared_of_e()
+                    qualified("e", SHARED)
                 ),
             ];
             statements.extend(swap_log_entries_copy("api_key_no"));

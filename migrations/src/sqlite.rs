@@ -45,6 +45,16 @@ pub(crate) async fn run_all(
     Ok(())
 }
 
+/// `columns` (a list separated by ", ") with each name prefixed by `alias`, for a copy's
+/// `SELECT` from a join.
+pub(crate) fn qualified(alias: &str, columns: &str) -> String {
+    columns
+        .split(", ")
+        .map(|column| format!("{alias}.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// SQLite: replaces `log_entries` by `log_entries_copy` (filled by the caller), with its two
 /// indexes and the planner statistics they had (a real `ANALYZE`'s, or the first
 /// migration's defaults); `key` is the key index's second column.

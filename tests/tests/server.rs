@@ -176,9 +176,9 @@ async fn migrations_apply_on_connections_that_read_the_old_schema(backend: Backe
     options.max_connections(4);
     let db = Database::connect(options).await.expect("connect");
     let all = Migrator::migrations().len();
-    Migrator::up(&db, Some(u32::try_from(all - 4).expect("a count")))
+    Migrator::up(&db, Some(u32::try_from(all - 5).expect("a count")))
         .await
-        .expect("up to the last four");
+        .expect("up to the last five");
     // Several connections at once, each reading the tables the last migrations change.
     let mut open = Vec::new();
     for _ in 0..4 {
@@ -193,25 +193,26 @@ async fn migrations_apply_on_connections_that_read_the_old_schema(backend: Backe
     for txn in open {
         txn.commit().await.expect("commit");
     }
-    Migrator::up(&db, None).await.expect("the last four");
+    Migrator::up(&db, None).await.expect("the last five");
     db.execute_unprepared("SELECT request_id FROM log_entries LIMIT 1")
         .await
         .expect("the request id reads as before");
     db.execute_unprepared("SELECT api_key_no, endpoint_no FROM usage_stats LIMIT 1")
         .await
         .expect("the counters hold numbers");
-    db.execute_unprepared("SELECT api_key_label_no FROM log_entries LIMIT 1")
+    db.execute_unprepared("SELECT api_key_label_no, endpoint_no FROM log_entries LIMIT 1")
         .await
-        .expect("the rows hold label numbers");
-    Migrator::down(&db, Some(4)).await.expect("down again");
+        .expect("the rows hold label and path numbers");
+    Migrator::down(&db, Some(5)).await.expect("down again");
     Migrator::up(&db, None).await.expect("up again");
     db.close().await.ok();
     test_db.remove().await;
 }
 
 /// A database from before key ids, paths and key labels were numbers, with rows and
-/// counters: after the migrations a page, a key filter, a sort by name and the statistics
-/// read the same texts and counts as before, and reverting them gives the texts back.
+/// counters: after the migrations a page, a key filter, a sort by name or path, a path
+/// filter and the statistics read the same texts and counts as before, and reverting them
+/// gives the texts back.
 async fn key_ids_paths_and_labels_become_numbers_and_read_back_the_same(backend: Backend) {
     use reqlog_service::domain::filter::{LogFilter, LogQuery, SortField, SortOrder};
     use reqlog_service::domain::lifecycle::{Dimension, Granularity, UsageQuery};
@@ -221,7 +222,7 @@ async fn key_ids_paths_and_labels_become_numbers_and_read_back_the_same(backend:
     };
     let db = Database::connect(&test_db.url).await.expect("connect");
     let all = Migrator::migrations().len();
-    Migrator::up(&db, Some(u32::try_from(all - 4).expect("a count")))
+    Migrator::up(&db, Some(u32::try_from(all - 5).expect("a count")))
         .await
         .expect("up to before the numbers");
     let hour: i64 = 3_600 * 500_000;
@@ -278,6 +279,7 @@ async fn key_ids_paths_and_labels_become_numbers_and_read_back_the_same(backend:
         texts("api_key_id", "usage_stats").await,
         texts("endpoint", "usage_stats").await,
         texts("api_key_name || api_key_prefix", "log_entries").await,
+        texts("endpoint", "log_entries").await,
     );
 
     Migrator::up(&db, None).await.expect("the numbers");
@@ -358,7 +360,39 @@ async fn key_ids_paths_and_labels_become_numbers_and_read_back_the_same(backend:
         ]
     );
 
-    Migrator::down(&db, Some(4))
+    let paths = |filter: LogFilter| {
+        let query = LogQuery::new(
+            "acct_m",
+            filter,
+            SortOrder {
+                field: SortField::Endpoint,
+                descending: true,
+            },
+        )
+        .expect("a query");
+        let db = db.clone();
+        async move {
+            logs::page(&db, &query, None, 10, false)
+                .await
+                .expect("a page by path")
+                .rows
+                .into_iter()
+                .map(|row| (row.id, row.endpoint))
+                .collect::<Vec<_>>()
+        }
+    };
+    let path = |id: i64, path: &str| (id, path.to_owned());
+    assert_eq!(
+        paths(LogFilter::default()).await,
+        [path(3, "/v1/b"), path(1, "/v1/b"), path(2, "/v1/a")]
+    );
+    let under_a = LogFilter {
+        endpoint_prefix: Some("/v1/a".into()),
+        ..LogFilter::default()
+    };
+    assert_eq!(paths(under_a).await, [path(2, "/v1/a")]);
+
+    Migrator::down(&db, Some(5))
         .await
         .expect("down to the texts");
     let after = (
@@ -366,6 +400,7 @@ async fn key_ids_paths_and_labels_become_numbers_and_read_back_the_same(backend:
         texts("api_key_id", "usage_stats").await,
         texts("endpoint", "usage_stats").await,
         texts("api_key_name || api_key_prefix", "log_entries").await,
+        texts("endpoint", "log_entries").await,
     );
     assert_eq!(after, before);
     db.close().await.ok();

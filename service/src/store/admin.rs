@@ -235,8 +235,9 @@ async fn delete_batch(
             txn.execute(Statement::from_sql_and_values(
                 DbBackend::Sqlite,
                 format!(
-                    r#"INSERT OR FAIL INTO log_search_removals (id, {columns}) SELECT "id", {columns} FROM log_entries WHERE {chosen} AND "id" <= ?"#,
-                    columns = super::search::SQLITE_COLUMNS
+                    r#"INSERT OR FAIL INTO log_search_removals (id, {columns}) SELECT "id", {texts} FROM log_entries WHERE {chosen} AND "id" <= ?"#,
+                    columns = super::search::SQLITE_COLUMNS,
+                    texts = super::search::SQLITE_ROW_TEXTS,
                 ),
                 queue_values,
             ))
@@ -560,10 +561,11 @@ mod tests {
         db.execute_unprepared(
             "INSERT OR IGNORE INTO api_key_labels (id, account_no, api_key_no, name, prefix) \
              VALUES (1, 1, 1, 'name', 'pk_'); \
+             INSERT OR IGNORE INTO endpoint_numbers (id, value) VALUES (1, '/v1'); \
              WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 9) \
              INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
-             method, endpoint, status_code, ip_hash, duration_ms) \
-             SELECT i + 1, 1, (100 + i) * 86400000000, 1, 1, 'GET', '/v1', \
+             method, endpoint_no, status_code, ip_hash, duration_ms) \
+             SELECT i + 1, 1, (100 + i) * 86400000000, 1, 1, 'GET', 1, \
              200, X'ab', 1 FROM n",
         )
         .await

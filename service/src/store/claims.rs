@@ -258,9 +258,10 @@ mod tests {
             "INSERT OR IGNORE INTO api_key_labels (id, account_no, api_key_no, name, prefix) \
              VALUES (1, 1, 1, 'name', 'pk_'); \
              INSERT OR IGNORE INTO api_key_numbers (id, value) VALUES (1, 'k'); \
+             INSERT OR IGNORE INTO endpoint_numbers (id, value) VALUES (1, '/v1'); \
              INSERT INTO log_entries (id, account_no, ts, request_id, api_key_no, api_key_label_no, \
-             method, endpoint, status_code, ip_hash, duration_ms) \
-             VALUES ({id}, {account_no}, {ts}, 'r{id}', 1, 1, 'GET', '/v1', 200, \
+             method, endpoint_no, status_code, ip_hash, duration_ms) \
+             VALUES ({id}, {account_no}, {ts}, 'r{id}', 1, 1, 'GET', 1, 200, \
              X'ab', 1); \
              UPDATE log_id_sequence SET last_id = MAX(last_id, {id}) WHERE name = 'log_entries'",
             ts = day * DAY + 1,
@@ -502,8 +503,8 @@ mod tests {
         .expect("row 1 claimed, row 2 pending, row 3 without a request id");
         insert_claimed(&db, claim(1, 1, 101)).await;
 
-        // The pending-claims migration and the six after it.
-        Migrator::down(&db, Some(7)).await.expect("down");
+        // The pending-claims migration and the seven after it.
+        Migrator::down(&db, Some(8)).await.expect("down");
         assert_eq!(
             stored(&db, "request_ids").await,
             vec![claim(1, 1, 101), claim(2, 2, 102)]

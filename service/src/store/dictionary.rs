@@ -18,7 +18,8 @@
 use std::collections::{HashMap, HashSet};
 
 use sea_orm::sea_query::{
-    Alias, Expr, IntoColumnRef, OnConflict, Query, SelectStatement, SimpleExpr, UnionType,
+    Alias, Expr, IntoColumnRef, IntoCondition, OnConflict, Query, SelectStatement, SimpleExpr,
+    UnionType,
 };
 use sea_orm::{ConnectionTrait, DbErr};
 
@@ -51,7 +52,7 @@ impl Dictionary {
         }
     }
 
-    fn table(self) -> Alias {
+    pub fn table(self) -> Alias {
         Alias::new(self.table_name())
     }
 
@@ -261,6 +262,17 @@ pub fn holds_number_of(
             Expr::col(column).in_subquery(numbers)
         }
     }
+}
+
+/// `SELECT id FROM` the dictionary `WHERE matches` (a condition on its unqualified `value`),
+/// for `number IN (…)`: a filter or search on a text the rows hold as a number tries the
+/// dictionary's values once, not each row's.
+pub fn numbers_where(dictionary: Dictionary, matches: impl IntoCondition) -> SelectStatement {
+    Query::select()
+        .column(Alias::new("id"))
+        .from(dictionary.table())
+        .cond_where(matches)
+        .to_owned()
 }
 
 /// The text of the number in `table`'s `column` (a scalar subquery over `dictionary`), for

@@ -41,7 +41,11 @@ pub mod log_entry {
         pub api_key_prefix: String,
         /// Upper-case HTTP method.
         pub method: String,
-        /// The path.
+        /// The path's number in `endpoint_numbers`.
+        pub endpoint_no: i32,
+        /// The path: not a column of the table, filled in by `store::logs::page` from
+        /// `endpoint_numbers`.
+        #[sea_orm(ignore)]
         pub endpoint: String,
         /// The sanitized query string.
         pub query_params: Option<String>,

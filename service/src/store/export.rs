@@ -47,7 +47,7 @@ use sea_orm::{
 };
 
 use super::StoreError;
-use super::dictionary;
+use super::dictionary::{self, Dictionary};
 use super::entity::log_entry;
 use super::labels;
 use super::logs::page_select;
@@ -71,14 +71,15 @@ const EXPORT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The columns an export reads, in this order: the keyset needs `id`, the order's field
 /// (`ts` and `duration_ms` are the numeric ones) and the nine exported columns, the key's
-/// name and prefix as their label's number. `user_agent` is never read.
+/// name and prefix as their label's number, the path as its number. `user_agent` is never
+/// read.
 type RowTuple = (
     i64,            // id
     i64,            // ts
     i64,            // duration_ms
     i32,            // api_key_label_no (`integer`, which PostgreSQL's driver reads as i32 only)
     String,         // method
-    String,         // endpoint
+    i32,            // endpoint_no (`integer`, as the label's)
     Option<String>, // query_params
     i32,            // status_code
     Option<String>, // error_code
@@ -91,7 +92,7 @@ const COLUMNS: [log_entry::Column; 10] = [
     log_entry::Column::DurationMs,
     log_entry::Column::ApiKeyLabelNo,
     log_entry::Column::Method,
-    log_entry::Column::Endpoint,
+    log_entry::Column::EndpointNo,
     log_entry::Column::QueryParams,
     log_entry::Column::StatusCode,
     log_entry::Column::ErrorCode,
@@ -127,12 +128,19 @@ pub struct ExportReader {
     query: ExportQuery,
     /// The account's number; none for an account that never sent a record (no rows).
     account_no: Option<i64>,
-    /// The key labels read so far, by number.
-    labels: Mutex<HashMap<i64, Label>>,
+    /// The key labels and paths read so far, by number.
+    texts: Mutex<Texts>,
 }
 
 /// A key label's name and prefix.
 type Label = Arc<(String, String)>;
+
+/// The texts of numbers the rows hold: key labels and paths.
+#[derive(Debug, Default)]
+struct Texts {
+    labels: HashMap<i64, Label>,
+    paths: HashMap<i64, Arc<str>>,
+}
 
 /// Where the export's read transaction is open (see the module comment).
 #[derive(Debug)]
@@ -167,7 +175,7 @@ impl ExportReader {
             snapshot,
             query,
             account_no,
-            labels: Mutex::default(),
+            texts: Mutex::default(),
         })
     }
 
@@ -180,7 +188,7 @@ impl ExportReader {
         let Some(account_no) = self.account_no else {
             return Ok(ReadPage {
                 rows: Vec::new(),
-                labels: HashMap::new(),
+                texts: Texts::default(),
                 order,
             });
         };
@@ -207,65 +215,86 @@ impl ExportReader {
                 read_own(Arc::clone(connection), select.build(backend)).await?
             }
         };
-        let labels = self
-            .labels_of(rows.iter().map(|row| i64::from(row.3)))
+        let texts = self
+            .texts_of(
+                rows.iter().map(|row| i64::from(row.3)).collect(),
+                rows.iter().map(|row| i64::from(row.5)).collect(),
+            )
             .await?;
-        Ok(ReadPage {
-            rows,
-            labels,
-            order,
-        })
+        Ok(ReadPage { rows, texts, order })
     }
 
-    /// The name and prefix of each label in `numbers`: from the export's cache, the rest
-    /// read in one statement from the snapshot (labels never change, so the cache holds for
-    /// the whole export). An account has few labels, so after its first pages an export
-    /// reads none; a join in the page's SELECT had cost every row a lookup (W4 on SQLite:
-    /// 17% fewer rows a second, BENCHMARKS.md).
-    async fn labels_of(
+    /// The name and prefix of each label in `labels` and the text of each path in `paths`:
+    /// from the export's cache, the rest read in one statement from the snapshot (numbers
+    /// never change their text, so the cache holds for the whole export). An account has
+    /// few labels and paths, so after its first pages an export reads none; a join in the
+    /// page's SELECT had cost every row a lookup (W4 on SQLite: 17% fewer rows a second,
+    /// BENCHMARKS.md).
+    async fn texts_of(
         &self,
-        numbers: impl Iterator<Item = i64>,
-    ) -> Result<HashMap<i64, Label>, StoreError> {
-        let wanted: HashSet<i64> = numbers.collect();
-        let missing: Vec<i64> = {
-            let cache = self.labels.lock().unwrap_or_else(PoisonError::into_inner);
-            wanted
-                .iter()
-                .copied()
-                .filter(|number| !cache.contains_key(number))
-                .collect()
+        labels: HashSet<i64>,
+        paths: HashSet<i64>,
+    ) -> Result<Texts, StoreError> {
+        let (missing_labels, missing_paths): (Vec<i64>, Vec<i64>) = {
+            let cache = self.texts.lock().unwrap_or_else(PoisonError::into_inner);
+            (
+                labels
+                    .iter()
+                    .copied()
+                    .filter(|number| !cache.labels.contains_key(number))
+                    .collect(),
+                paths
+                    .iter()
+                    .copied()
+                    .filter(|number| !cache.paths.contains_key(number))
+                    .collect(),
+            )
         };
-        if !missing.is_empty() {
-            let found: Vec<(i64, Label)> = match self.snapshot {
+        if !missing_labels.is_empty() || !missing_paths.is_empty() {
+            let found = match self.snapshot {
                 Snapshot::Pooled(ref txn) => {
-                    let [mut names, mut prefixes] = dictionary::texts_of(
+                    let [mut names, mut prefixes, paths] = dictionary::texts_of(
                         txn,
                         [
-                            (labels::NAMES, missing.clone()),
-                            (labels::PREFIXES, missing),
+                            (labels::NAMES, missing_labels.clone()),
+                            (labels::PREFIXES, missing_labels),
+                            (Dictionary::Endpoints.into(), missing_paths),
                         ],
                     )
                     .await?;
-                    names
-                        .drain()
-                        .filter_map(|(number, name)| {
-                            let prefix = prefixes.remove(&number)?;
-                            Some((number, Arc::new((name, prefix))))
-                        })
-                        .collect()
+                    Texts {
+                        labels: names
+                            .drain()
+                            .filter_map(|(number, name)| {
+                                let prefix = prefixes.remove(&number)?;
+                                Some((number, Arc::new((name, prefix))))
+                            })
+                            .collect(),
+                        paths: paths
+                            .into_iter()
+                            .map(|(number, path)| (number, Arc::from(path)))
+                            .collect(),
+                    }
                 }
                 Snapshot::Own(ref connection) => {
-                    read_own_labels(Arc::clone(connection), missing).await?
+                    read_own_texts(Arc::clone(connection), missing_labels, missing_paths).await?
                 }
             };
-            let mut cache = self.labels.lock().unwrap_or_else(PoisonError::into_inner);
-            cache.extend(found);
+            let mut cache = self.texts.lock().unwrap_or_else(PoisonError::into_inner);
+            cache.labels.extend(found.labels);
+            cache.paths.extend(found.paths);
         }
-        let cache = self.labels.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(wanted
-            .into_iter()
-            .filter_map(|number| Some((number, Arc::clone(cache.get(&number)?))))
-            .collect())
+        let cache = self.texts.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(Texts {
+            labels: labels
+                .into_iter()
+                .filter_map(|number| Some((number, Arc::clone(cache.labels.get(&number)?))))
+                .collect(),
+            paths: paths
+                .into_iter()
+                .filter_map(|number| Some((number, Arc::clone(cache.paths.get(&number)?))))
+                .collect(),
+        })
     }
 
     /// Ends the snapshot: the pooled transaction is rolled back (it only ever read), the
@@ -398,16 +427,17 @@ async fn read_own(
     .await
 }
 
-/// The name and prefix of each label in `numbers`, read on the export's own SQLite
-/// connection (in its snapshot).
-async fn read_own_labels(
+/// The name and prefix of each label in `labels` and the text of each path in `paths`,
+/// read on the export's own SQLite connection (in its snapshot).
+async fn read_own_texts(
     connection: Arc<Mutex<rusqlite::Connection>>,
-    numbers: Vec<i64>,
-) -> Result<Vec<(i64, Label)>, StoreError> {
+    labels: Vec<i64>,
+    paths: Vec<i64>,
+) -> Result<Texts, StoreError> {
     blocking(move || {
         let connection = connection.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut found = Vec::with_capacity(numbers.len());
-        for chunk in numbers.chunks(500) {
+        let mut found = Texts::default();
+        for chunk in labels.chunks(500) {
             let marks = vec!["?"; chunk.len()].join(", ");
             let mut statement = connection.prepare(&format!(
                 "SELECT id, name, prefix FROM api_key_labels WHERE id IN ({marks})"
@@ -416,7 +446,22 @@ async fn read_own_labels(
                 Ok((row.get(0)?, Arc::new((row.get(1)?, row.get(2)?))))
             })?;
             for row in rows {
-                found.push(row?);
+                let (number, label) = row?;
+                found.labels.insert(number, label);
+            }
+        }
+        for chunk in paths.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let mut statement = connection.prepare(&format!(
+                "SELECT id, value FROM {} WHERE id IN ({marks})",
+                Dictionary::Endpoints.table_name()
+            ))?;
+            let rows = statement.query_map(rusqlite::params_from_iter(chunk), |row| {
+                Ok((row.get(0)?, Arc::<str>::from(row.get::<_, String>(1)?)))
+            })?;
+            for row in rows {
+                let (number, path) = row?;
+                found.paths.insert(number, path);
             }
         }
         Ok(found)
@@ -446,8 +491,8 @@ fn sqlite_error(error: rusqlite::Error) -> StoreError {
 #[derive(Debug)]
 pub struct ReadPage {
     rows: Vec<RowTuple>,
-    /// The name and prefix of each label the rows name.
-    labels: HashMap<i64, Label>,
+    /// The texts of the labels and paths the rows name.
+    texts: Texts,
     order: SortOrder,
 }
 
@@ -468,7 +513,7 @@ impl ReadPage {
             let rows = &self.rows[..page_rows];
             let next = rows
                 .last()
-                .map(|last| cursor_after(self.order.field, last, self.label(last)));
+                .map(|last| cursor_after(self.order.field, last, self.spelled(last)));
             (rows, next)
         } else {
             (&self.rows[..], None)
@@ -476,28 +521,43 @@ impl ReadPage {
         PageRows {
             rows: rows
                 .iter()
-                .map(|row| export_row(row, self.label(row)))
+                .map(|row| export_row(row, self.spelled(row)))
                 .collect(),
             next,
         }
     }
 
-    /// The name and prefix of `row`'s key. Every row's label is read with the page; labels
-    /// are never removed, so the empty fallback is never used.
-    fn label(&self, row: &RowTuple) -> (&str, &str) {
-        self.labels
+    /// The name and prefix of `row`'s key, and its path. Every row's label and path are
+    /// read with the page and never removed, so the empty fallbacks are never used.
+    fn spelled(&self, row: &RowTuple) -> Spelled<'_> {
+        let (name, prefix) = self
+            .texts
+            .labels
             .get(&i64::from(row.3))
-            .map_or(("", ""), |label| (label.0.as_str(), label.1.as_str()))
+            .map_or(("", ""), |label| (label.0.as_str(), label.1.as_str()));
+        let path = self
+            .texts
+            .paths
+            .get(&i64::from(row.5))
+            .map_or("", |path| path);
+        Spelled { name, prefix, path }
     }
 }
 
-fn export_row<'a>(row: &'a RowTuple, (name, prefix): (&'a str, &'a str)) -> ExportRow<'a> {
-    let (_, ts, _, _, method, endpoint, query_params, status, error, ip) = row;
+/// The texts of a row's numbers: its key's name and prefix, and its path.
+struct Spelled<'a> {
+    name: &'a str,
+    prefix: &'a str,
+    path: &'a str,
+}
+
+fn export_row<'a>(row: &'a RowTuple, texts: Spelled<'a>) -> ExportRow<'a> {
+    let (_, ts, _, _, method, _, query_params, status, error, ip) = row;
     ExportRow {
-        api_key_name: Cow::Borrowed(name),
-        api_key_prefix: Cow::Borrowed(prefix),
+        api_key_name: Cow::Borrowed(texts.name),
+        api_key_prefix: Cow::Borrowed(texts.prefix),
         method: Cow::Borrowed(method),
-        endpoint: Cow::Borrowed(endpoint),
+        endpoint: Cow::Borrowed(texts.path),
         query_params: query_params.as_deref().map(Cow::Borrowed),
         status_code: *status,
         error_code: error.as_deref().map(Cow::Borrowed),
@@ -506,18 +566,18 @@ fn export_row<'a>(row: &'a RowTuple, (name, prefix): (&'a str, &'a str)) -> Expo
     }
 }
 
-/// The keyset position of `row` (whose key's name and prefix are `label`) in an order on
-/// `field`, as ListLogs' `cursor_of` gives it.
-fn cursor_after(field: SortField, row: &RowTuple, (name, prefix): (&str, &str)) -> Cursor {
+/// The keyset position of `row` (whose numbers spell `texts`) in an order on `field`, as
+/// ListLogs' `cursor_of` gives it.
+fn cursor_after(field: SortField, row: &RowTuple, texts: Spelled<'_>) -> Cursor {
     let text = |value: &str| CursorValue::Text(value.to_owned());
     let nullable = |value: &Option<String>| value.as_deref().map_or(CursorValue::Null, text);
     let value = match field {
         SortField::Timestamp => CursorValue::Int(row.1),
         SortField::DurationMs => CursorValue::Int(row.2),
-        SortField::ApiKeyName => text(name),
-        SortField::ApiKeyPrefix => text(prefix),
+        SortField::ApiKeyName => text(texts.name),
+        SortField::ApiKeyPrefix => text(texts.prefix),
         SortField::Method => text(&row.4),
-        SortField::Endpoint => text(&row.5),
+        SortField::Endpoint => text(texts.path),
         SortField::QueryParams => nullable(&row.6),
         SortField::StatusCode => CursorValue::Int(i64::from(row.7)),
         SortField::ErrorCode => nullable(&row.8),
@@ -541,15 +601,16 @@ mod tests {
             "INSERT OR IGNORE INTO api_key_labels (id, account_no, api_key_no, name, prefix) \
              VALUES (1, 1, 1, 'name', 'pk_'); \
              INSERT INTO account_numbers (id, value) VALUES (1, 'a'), (2, 'b'); \
+             INSERT OR IGNORE INTO endpoint_numbers (id, value) VALUES (1, '/v1'); \
              WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count}) \
              INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
-             method, endpoint, query_params, status_code, ip_hash, \
+             method, endpoint_no, query_params, status_code, ip_hash, \
              duration_ms) \
-             SELECT i, 1, i, 1, 1, 'GET', '/v1', \
+             SELECT i, 1, i, 1, 1, 'GET', 1, \
              CASE WHEN i % 2 = 1 THEN 'q=' || (i % 7) END, 200, X'AB01', 1 FROM n; \
              INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
-             method, endpoint, status_code, ip_hash, duration_ms) \
-             VALUES ({count} + 1, 2, 5, 1, 1, 'GET', '/v1', 200, X'', 1)"
+             method, endpoint_no, status_code, ip_hash, duration_ms) \
+             VALUES ({count} + 1, 2, 5, 1, 1, 'GET', 1, 200, X'', 1)"
         ))
         .await
         .expect("seed rows");
@@ -605,8 +666,8 @@ mod tests {
             "INSERT OR IGNORE INTO api_key_labels (id, account_no, api_key_no, name, prefix) \
              VALUES (1, 1, 1, 'name', 'pk_'); \
              INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
-             method, endpoint, status_code, ip_hash, duration_ms) \
-             VALUES (9000, 1, 9000, 1, 1, 'GET', '/v1', 200, X'AB01', 1)",
+             method, endpoint_no, status_code, ip_hash, duration_ms) \
+             VALUES (9000, 1, 9000, 1, 1, 'GET', 1, 200, X'AB01', 1)",
         )
         .await
         .expect("a row after the snapshot");
@@ -639,11 +700,11 @@ mod tests {
         reader.close().await.expect("close");
     }
 
-    /// Rows of three labels, exported by name on both kinds of snapshot: each row carries
-    /// its own label's texts (read once per export, on the snapshot), and the keyset
-    /// pages by name cross from one label to the next.
+    /// Rows of three labels and two paths, exported by name and by path on both kinds of
+    /// snapshot: each row carries its own label's and path's texts (read once per export,
+    /// on the snapshot), and the keyset pages cross from one text to the next.
     #[tokio::test]
-    async fn rows_carry_their_labels_texts_across_pages_by_name() {
+    async fn rows_carry_their_labels_and_paths_across_pages() {
         let (_dir, file_db) = test_database().await;
         let memory_db = test_database_at("sqlite::memory:".into()).await;
         for db in [file_db, memory_db] {
@@ -651,38 +712,65 @@ mod tests {
                 "INSERT INTO account_numbers (id, value) VALUES (1, 'a'); \
                  INSERT INTO api_key_labels (id, account_no, api_key_no, name, prefix) \
                  VALUES (1, 1, 1, 'Zeta', 'pk_z'), (2, 1, 1, 'Alpha', 'pk_a'), (3, 1, 1, 'Mid', 'pk_m'); \
+                 INSERT INTO endpoint_numbers (id, value) VALUES (1, '/v2'), (2, '/v1'); \
                  WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500) \
                  INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
-                 method, endpoint, status_code, ip_hash, duration_ms) \
-                 SELECT i, 1, i, 1, 1 + i % 3, 'GET', '/v1', 200, X'AB01', 1 FROM n",
+                 method, endpoint_no, status_code, ip_hash, duration_ms) \
+                 SELECT i, 1, i, 1, 1 + i % 3, 'GET', 1 + i % 2, 200, X'AB01', 1 FROM n",
             )
             .await
-            .expect("rows of three labels");
-            let reader = ExportReader::open(&db, export_query(SortField::ApiKeyName, false))
-                .await
-                .expect("open");
-            let mut labels = Vec::new();
-            let mut after = None;
-            loop {
-                let page = reader.read_page(after.as_ref()).await.expect("a page");
-                let PageRows { rows, next } = page.rows();
-                labels.extend(
-                    rows.iter()
-                        .map(|row| (row.api_key_name.to_string(), row.api_key_prefix.to_string())),
-                );
-                match next {
-                    Some(next) => after = Some(next),
-                    None => break,
+            .expect("rows of three labels and two paths");
+            // Row i (its timestamp) has label 1 + i % 3 and path 1 + i % 2.
+            let own_texts = |i: i64| {
+                let (name, prefix) = [("Zeta", "pk_z"), ("Alpha", "pk_a"), ("Mid", "pk_m")]
+                    [usize::try_from(i % 3).expect("a label")];
+                let path = ["/v2", "/v1"][usize::try_from(i % 2).expect("a path")];
+                (name.to_owned(), prefix.to_owned(), path.to_owned())
+            };
+            for field in [SortField::ApiKeyName, SortField::Endpoint] {
+                let reader = ExportReader::open(&db, export_query(field, false))
+                    .await
+                    .expect("open");
+                let mut texts = Vec::new();
+                let mut after = None;
+                loop {
+                    let page = reader.read_page(after.as_ref()).await.expect("a page");
+                    let PageRows { rows, next } = page.rows();
+                    for row in &rows {
+                        let spelled = (
+                            row.api_key_name.to_string(),
+                            row.api_key_prefix.to_string(),
+                            row.endpoint.to_string(),
+                        );
+                        assert_eq!(spelled, own_texts(row.timestamp_micros), "{field:?}");
+                        texts.push(spelled);
+                    }
+                    match next {
+                        Some(next) => after = Some(next),
+                        None => break,
+                    }
                 }
+                reader.close().await.expect("close");
+                let sorted: Vec<String> = texts
+                    .iter()
+                    .map(|(name, _, path)| match field {
+                        SortField::Endpoint => path.clone(),
+                        _ => name.clone(),
+                    })
+                    .collect();
+                let expected: Vec<String> = match field {
+                    // 1 + i % 3: Alpha for i = 1, 4, …; Mid for 2, 5, …; Zeta for 3, 6, ….
+                    SortField::ApiKeyName => [("Alpha", 834), ("Mid", 833), ("Zeta", 833)]
+                        .iter()
+                        .flat_map(|&(name, count)| vec![name.to_owned(); count])
+                        .collect(),
+                    _ => [("/v1", 1250), ("/v2", 1250)]
+                        .iter()
+                        .flat_map(|&(path, count)| vec![path.to_owned(); count])
+                        .collect(),
+                };
+                assert_eq!(sorted, expected, "{field:?}");
             }
-            reader.close().await.expect("close");
-            let label =
-                |name: &str, prefix: &str, count| vec![(name.to_owned(), prefix.to_owned()); count];
-            // 1 + i % 3: label 2 (Alpha) for i = 1, 4, …; 3 (Mid) for 2, 5, …; 1 (Zeta) for 3, 6, ….
-            let mut expected = label("Alpha", "pk_a", 834);
-            expected.extend(label("Mid", "pk_m", 833));
-            expected.extend(label("Zeta", "pk_z", 833));
-            assert_eq!(labels, expected);
         }
     }
 

@@ -57,22 +57,35 @@ const SQLITE_REMOVAL_ROWS: i64 = 500;
 /// rows), so merging keeps pace with copying at any chunk size.
 const SQLITE_ROWS_PER_MERGE_PAGE: i64 = 20;
 
+/// A `log_entries` row's path (SQL): rows hold its number in `endpoint_numbers`, and the
+/// search index copies the text. One point lookup a row in a table of a few pages.
+macro_rules! row_path_sql {
+    () => {
+        "(SELECT value FROM endpoint_numbers WHERE endpoint_numbers.id = log_entries.endpoint_no)"
+    };
+}
+
 /// PostgreSQL: the text `log_search.doc` holds for a row of `log_entries` (SQL over its
 /// columns). Every searched free-text column is a substring of it, so a row whose column
 /// contains the term has a `doc` that contains it too (`pg_trgm` takes trigrams within words,
 /// so none spans two columns).
 /// The key's name and prefix are not in it: a search finds the rows of a label that holds
 /// the term through the key index (`store::labels::matching_keys`).
-pub const DOC_SQL: &str =
-    "endpoint || chr(1) || COALESCE(query_params, '') || chr(1) || COALESCE(error_code, '')";
+pub const DOC_SQL: &str = concat!(
+    row_path_sql!(),
+    " || chr(1) || COALESCE(query_params, '') || chr(1) || COALESCE(error_code, '')"
+);
 
-/// SQLite: the searched free-text columns, as `log_entries`, `log_search` and
-/// `log_search_removals` all name them. Each is a column of the FTS5 table: the trigram
+/// SQLite: the searched free-text columns, as `log_search` and `log_search_removals` name
+/// them (`log_entries` holds the path as a number: [`SQLITE_ROW_TEXTS`]). Each is a column of the FTS5 table: the trigram
 /// tokenizer knows no separators, and joined into one text the columns added ~12 trigrams a
 /// row that span two of them and never match (migration `m20261207_000009`).
 /// The key's name and prefix are not among them (see [`DOC_SQL`]; migration
 /// `m20261207_000014`).
 pub const SQLITE_COLUMNS: &str = "endpoint, query_params, error_code";
+
+/// SQLite: [`SQLITE_COLUMNS`]' values of a `log_entries` row, in the same order.
+pub const SQLITE_ROW_TEXTS: &str = concat!(row_path_sql!(), ", query_params, error_code");
 
 /// The FTS5 query (SQLite) for rows whose text may contain `term`: the AND of the term's
 /// distinct trigrams, each a quoted token (the table keeps no positions, so no phrase
@@ -175,7 +188,7 @@ async fn index_chunk_sqlite(db: &WriterDb, drop_removed: bool) -> Result<Chunk, 
                 backend,
                 format!(
                     "INSERT INTO log_search (rowid, {SQLITE_COLUMNS}) \
-                     SELECT id, {SQLITE_COLUMNS} FROM log_entries WHERE id > ? AND id <= ?"
+                     SELECT id, {SQLITE_ROW_TEXTS} FROM log_entries WHERE id > ? AND id <= ?"
                 ),
                 [from.into(), upto.into()],
             ))
@@ -432,10 +445,11 @@ mod tests {
         for statement in [
             "INSERT OR IGNORE INTO api_key_labels (id, account_no, api_key_no, name, prefix) \
              VALUES (1, 1, 1, 'name', 'pk_'); \
+             INSERT INTO endpoint_numbers (id, value) VALUES (1, '/v1/needle'), (2, '/v1/other'); \
              INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
-             method, endpoint, status_code, ip_hash, duration_ms) \
-             VALUES (1, 1, 1, 1, 1, 'GET', '/v1/needle', 200, X'ab', 1), \
-                    (2, 1, 2, 1, 1, 'GET', '/v1/other', 200, X'ab', 1)",
+             method, endpoint_no, status_code, ip_hash, duration_ms) \
+             VALUES (1, 1, 1, 1, 1, 'GET', 1, 200, X'ab', 1), \
+                    (2, 1, 2, 1, 1, 'GET', 2, 200, X'ab', 1)",
             "UPDATE log_id_sequence SET last_id = 2",
         ] {
             db.execute_unprepared(statement).await.unwrap();
@@ -476,9 +490,11 @@ mod tests {
             "INSERT OR IGNORE INTO api_key_labels (id, account_no, api_key_no, name, prefix) \
              VALUES (1, 1, 1, 'name', 'pk_'); \
              WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600) \
+             INSERT INTO endpoint_numbers (id, value) SELECT i, '/v1/row' || i FROM n; \
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600) \
              INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
-             method, endpoint, status_code, ip_hash, duration_ms) \
-             SELECT i, 1, i, 1, 1, 'GET', '/v1/row' || i, 200, X'ab', 1 FROM n",
+             method, endpoint_no, status_code, ip_hash, duration_ms) \
+             SELECT i, 1, i, 1, 1, 'GET', i, 200, X'ab', 1 FROM n",
         )
         .await
         .unwrap();
@@ -525,10 +541,11 @@ mod tests {
              VALUES (1, 1, 1, 'name', 'pk_'); \
              INSERT INTO account_numbers (id, value) VALUES (1, 'a'); \
              INSERT INTO api_key_numbers (id, value) VALUES (1, 'gone'), (2, 'kept'); \
+             INSERT INTO endpoint_numbers (id, value) VALUES (1, '/v1/needle'); \
              INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
-             method, endpoint, status_code, ip_hash, duration_ms) \
-             VALUES (1, 1, 1, 1, 1, 'GET', '/v1/needle', 200, X'ab', 1), \
-                    (2, 1, 2, 2, 1, 'GET', '/v1/needle', 200, X'ab', 1)",
+             method, endpoint_no, status_code, ip_hash, duration_ms) \
+             VALUES (1, 1, 1, 1, 1, 'GET', 1, 200, X'ab', 1), \
+                    (2, 1, 2, 2, 1, 'GET', 1, 200, X'ab', 1)",
         )
         .await
         .unwrap();
@@ -615,12 +632,13 @@ mod tests {
             "INSERT INTO account_numbers (id, value) VALUES (1, 'a'); \
              INSERT INTO api_key_labels (id, account_no, api_key_no, name, prefix) \
              VALUES (1, 1, 1, 'Billing', 'pk_live'), (2, 1, 1, 'Reports', 'pk_test'); \
+             INSERT INTO endpoint_numbers (id, value) VALUES (1, '/v1/charges'), (2, '/v1/export'); \
              INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
-             method, endpoint, query_params, status_code, error_code, \
+             method, endpoint_no, query_params, status_code, error_code, \
              ip_hash, duration_ms) \
-             VALUES (1, 1, 1, 1, 1, 'GET', '/v1/charges', 'limit=5', \
+             VALUES (1, 1, 1, 1, 1, 'GET', 1, 'limit=5', \
                      402, 'CARD_DECLINED', X'ab', 1), \
-                    (2, 1, 2, 1, 2, 'GET', '/v1/export', NULL, \
+                    (2, 1, 2, 1, 2, 'GET', 2, NULL, \
                      200, NULL, X'ab', 1); \
              UPDATE log_id_sequence SET last_id = 2",
         )
@@ -648,8 +666,8 @@ mod tests {
     async fn the_sqlite_column_migration_indexes_every_row_again() {
         use reqlog_migrations::{Migrator, MigratorTrait};
         let (_dir, db) = crate::store::test_database().await;
-        // This migration and the five after it.
-        Migrator::down(&db, Some(6)).await.expect("down");
+        // This migration and the six after it.
+        Migrator::down(&db, Some(7)).await.expect("down");
         // A database from before the migration: two rows indexed as one text, one of them
         // deleted and queued for the indexer.
         db.execute_unprepared(

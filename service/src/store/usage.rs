@@ -221,81 +221,29 @@ pub async fn fold_before_delete_sqlite(
     fold_sqlite(txn, &format!(r#"{condition} AND "id" > ?"#), values).await
 }
 
-/// The connection's scratch table for a fold: the rows' counts grouped, before their paths
-/// become numbers. Temporary tables are the connection's own, never written to the
-/// database file, and this one is emptied at the end of each fold.
-const FOLD_SCRATCH: &str = "CREATE TEMP TABLE IF NOT EXISTS usage_fold (
-    account_no INTEGER NOT NULL,
-    bucket_start INTEGER NOT NULL,
-    api_key_no INTEGER NOT NULL,
-    endpoint TEXT NOT NULL,
-    method TEXT NOT NULL,
-    status_code INTEGER NOT NULL,
-    request_count INTEGER NOT NULL,
-    error_count INTEGER NOT NULL,
-    total_duration_ms INTEGER NOT NULL,
-    max_duration_ms INTEGER NOT NULL
-)";
-
 /// Adds the `log_entries` rows that `condition` (SQL over the table's columns, with
-/// `values` bound to its `?`) selects to the counters, grouped first (SQLite). The rows are
-/// read once, into the scratch table; the paths' dictionary gets the few it lacks from it.
+/// `values` bound to its `?`) selects to the counters, grouped first (SQLite), in one
+/// statement: the rows hold their key's and path's numbers, as the counters do.
 async fn fold_sqlite(
     txn: &impl ConnectionTrait,
     condition: &str,
     values: Vec<Value>,
 ) -> Result<(), StoreError> {
-    let run = |sql: String, values: Vec<Value>| {
-        txn.execute(Statement::from_sql_and_values(
-            DbBackend::Sqlite,
-            sql,
-            values,
-        ))
-    };
-    run(FOLD_SCRATCH.to_owned(), Vec::new()).await?;
-    run(
-        format!(
-            r#"INSERT INTO temp.usage_fold SELECT "account_no", {SQLITE_HOUR_OF_TS}, "api_key_no",
-            "endpoint", "method", "status_code", COUNT(*), SUM("status_code" >= 400),
-            SUM("duration_ms"), MAX("duration_ms") FROM "log_entries" WHERE {condition}
-            GROUP BY 1, 2, 3, 4, 5, 6"#
-        ),
-        values,
-    )
-    .await?;
-    // The WHERE tells SQLite's parser that the upsert's ON is not a join's.
-    run(
-        format!(
-            r#"INSERT INTO "{}" ("value") SELECT DISTINCT "endpoint" FROM temp.usage_fold
-            WHERE true ON CONFLICT ("value") DO NOTHING"#,
-            Dictionary::Endpoints.table_name()
-        ),
-        Vec::new(),
-    )
-    .await?;
-    let fold = Alias::new("usage_fold");
-    let endpoints = Alias::new(Dictionary::Endpoints.table_name());
-    let scratch = |column: &str| Expr::col((fold.clone(), Alias::new(column)));
+    use log_entry::Column as L;
     let mut rows = Query::select();
-    rows.exprs(["account_no", "bucket_start", "api_key_no"].map(scratch))
-        .expr(Expr::col((endpoints.clone(), Alias::new("id"))))
-        .exprs(
-            [
-                "method",
-                "status_code",
-                "request_count",
-                "error_count",
-                "total_duration_ms",
-                "max_duration_ms",
-            ]
-            .map(scratch),
-        )
-        .from(fold.clone())
-        .inner_join(
-            endpoints.clone(),
-            Expr::col((endpoints, Alias::new("value"))).equals((fold, Alias::new("endpoint"))),
-        )
-        .and_where(Expr::cust("true"));
+    rows.columns([L::AccountNo])
+        .expr(Expr::cust(SQLITE_HOUR_OF_TS))
+        .columns([L::ApiKeyNo, L::EndpointNo, L::Method, L::StatusCode])
+        .exprs([
+            Expr::cust("COUNT(*)"),
+            Expr::cust(r#"SUM("status_code" >= 400)"#),
+            Expr::cust(r#"SUM("duration_ms")"#),
+            Expr::cust(r#"MAX("duration_ms")"#),
+        ])
+        .from(log_entry::Entity)
+        // A WHERE also tells SQLite's parser that the upsert's ON is not a join's.
+        .and_where(Expr::cust_with_values(condition, values))
+        .add_group_by((1..=KEY_LEN).map(|n| Expr::cust(n.to_string())));
     let mut insert = Query::insert();
     insert
         .into_table(usage_stat::Entity)
@@ -304,7 +252,6 @@ async fn fold_sqlite(
         .map_err(|error| StoreError::Database(DbErr::Custom(error.to_string())))?
         .on_conflict(add_on_conflict(DbBackend::Sqlite));
     txn.execute(DbBackend::Sqlite.build(&insert)).await?;
-    run("DELETE FROM temp.usage_fold".to_owned(), Vec::new()).await?;
     Ok(())
 }
 
@@ -383,7 +330,10 @@ fn counted(backend: DbBackend, account_no: i64, query: &UsageQuery) -> SelectSta
         );
     }
     if grouped(Dimension::Endpoint) {
-        unfolded.column(L::Endpoint);
+        unfolded.expr_as(
+            spelled(Dictionary::Endpoints, "log_entries", "endpoint_no"),
+            Alias::new("endpoint"),
+        );
     }
     unfolded
         .columns([L::Method, L::StatusCode])
@@ -528,11 +478,12 @@ mod tests {
         db.execute_unprepared(&format!(
             "INSERT OR IGNORE INTO api_key_labels (id, account_no, api_key_no, name, prefix) \
              VALUES (1, 1, 1, 'name', 'pk_'); \
+             INSERT INTO endpoint_numbers (id, value) SELECT 1, '/v1' WHERE {n} > 0; \
              WITH RECURSIVE n(i) AS (SELECT 1 WHERE {n} > 0 UNION ALL SELECT i + 1 FROM n \
              WHERE i < {n}) \
              INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
-             method, endpoint, status_code, ip_hash, duration_ms) \
-             SELECT i, 1, (100 + i % 3) * {HOUR_MICROS} + i, 1, 1, 'GET', '/v1', \
+             method, endpoint_no, status_code, ip_hash, duration_ms) \
+             SELECT i, 1, (100 + i % 3) * {HOUR_MICROS} + i, 1, 1, 'GET', 1, \
              CASE WHEN i % 4 = 0 THEN 500 ELSE 200 END, X'ab', i FROM n"
         ))
         .await
@@ -630,8 +581,8 @@ mod tests {
             "INSERT OR IGNORE INTO api_key_labels (id, account_no, api_key_no, name, prefix) \
              VALUES (1, 1, 1, 'name', 'pk_'); \
              INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
-             method, endpoint, status_code, ip_hash, duration_ms) \
-             VALUES (13, 1, 100 * {HOUR_MICROS}, 1, 1, 'GET', '/v1', 200, X'ab', 40); \
+             method, endpoint_no, status_code, ip_hash, duration_ms) \
+             VALUES (13, 1, 100 * {HOUR_MICROS}, 1, 1, 'GET', 1, 200, X'ab', 40); \
              UPDATE log_id_sequence SET last_id = 13 WHERE name = 'log_entries'"
         ))
         .await
@@ -652,11 +603,12 @@ mod tests {
                 "INSERT OR IGNORE INTO api_key_labels (id, account_no, api_key_no, name, prefix) \
                  VALUES (1, 1, 1, 'name', 'pk_'); \
                  INSERT OR IGNORE INTO api_key_numbers (value) VALUES ('{key}'); \
+                 INSERT OR IGNORE INTO endpoint_numbers (value) VALUES ('{endpoint}'); \
                  INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
-                 method, endpoint, status_code, ip_hash, duration_ms) \
+                 method, endpoint_no, status_code, ip_hash, duration_ms) \
                  VALUES ({id}, 1, 100 * {HOUR_MICROS} + {id}, \
                  (SELECT id FROM api_key_numbers WHERE value = '{key}'), 1, 'GET', \
-                 '{endpoint}', 200, X'ab', {id}); \
+                 (SELECT id FROM endpoint_numbers WHERE value = '{endpoint}'), 200, X'ab', {id}); \
                  UPDATE log_id_sequence SET last_id = {id} WHERE name = 'log_entries'"
             )
         };
@@ -763,9 +715,9 @@ mod tests {
     async fn rows_counted_at_ingest_before_the_migration_are_counted_once() {
         use reqlog_migrations::{Migrator, MigratorTrait};
         let (_dir, db) = rows(12).await;
-        // Reverting the migration (and the seven after it) counts the rows no chunk folded,
+        // Reverting the migration (and the eight after it) counts the rows no chunk folded,
         // as ingest would have.
-        Migrator::down(&db, Some(8)).await.unwrap();
+        Migrator::down(&db, Some(9)).await.unwrap();
         assert_eq!(count(&db, "usage_stats").await, 6);
         assert_eq!(counter_sums(&db).await, (12, (1..=12).sum()));
         // Applying it again: every existing row is in the counters already.

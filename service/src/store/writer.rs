@@ -755,44 +755,33 @@ async fn commit_group(
             }),
         )
         .await?;
-    let agent_id = |agent: &str| dictionaries.agents.id(&group_agents, agent);
-    let key_no = |key: &str| dictionaries.keys.id(&group_keys, key);
-    let label_no = |label: Label<'_>| dictionaries.labels.id(&group_labels, label);
-    insert_rows(
-        &txn,
-        entries,
-        &assigned,
-        &account_nos,
-        agent_id,
-        key_no,
-        label_no,
-    )
-    .await?;
+    let group_endpoints = dictionaries
+        .endpoints
+        .resolve(&txn, stored().map(|entry| entry.endpoint.as_str()))
+        .await?;
+    let numbers = RowNumbers {
+        agent_id: &|agent| dictionaries.agents.id(&group_agents, agent),
+        key_no: &|key| dictionaries.keys.id(&group_keys, key),
+        label_no: &|label| dictionaries.labels.id(&group_labels, label),
+        endpoint_no: &|path| dictionaries.endpoints.id(&group_endpoints, path),
+    };
+    insert_rows(&txn, entries, &assigned, &account_nos, &numbers).await?;
     // SQLite's counters are folded from the rows by the search indexer (`usage`).
-    let group_endpoints = if backend == DbBackend::Sqlite {
-        None
-    } else {
-        let endpoints = dictionaries
-            .endpoints
-            .resolve(&txn, stored().map(|entry| entry.endpoint.as_str()))
-            .await?;
+    if backend != DbBackend::Sqlite {
         let number = |dictionary, value: &str| match dictionary {
-            Dictionary::ApiKeys => dictionaries.keys.id(&group_keys, value),
-            Dictionary::Endpoints => dictionaries.endpoints.id(&endpoints, value),
+            Dictionary::ApiKeys => (numbers.key_no)(value),
+            Dictionary::Endpoints => (numbers.endpoint_no)(value),
             Dictionary::Accounts | Dictionary::UserAgents => None,
         };
         let stored = assigned.keys().copied();
         super::usage::add_group(&txn, entries, stored, &account_nos, number).await?;
-        Some(endpoints)
-    };
+    }
     txn.commit().await?;
     dictionaries.accounts.committed(group_accounts);
     dictionaries.agents.committed(group_agents);
     dictionaries.keys.committed(group_keys);
     dictionaries.labels.committed(group_labels);
-    if let Some(endpoints) = group_endpoints {
-        dictionaries.endpoints.committed(endpoints);
-    }
+    dictionaries.endpoints.committed(group_endpoints);
 
     let mut outcomes: Vec<IngestOutcome> = Vec::with_capacity(entries.len());
     for (index, decision) in decisions.iter().enumerate() {
@@ -1084,14 +1073,21 @@ async fn claim_request_ids(
     Ok(lost)
 }
 
+/// The numbers a row holds in place of its texts, as the group's transaction found or
+/// added them.
+struct RowNumbers<'a> {
+    agent_id: &'a (dyn Fn(&str) -> Option<i64> + Sync),
+    key_no: &'a (dyn Fn(&str) -> Option<i64> + Sync),
+    label_no: &'a (dyn Fn(Label<'_>) -> Option<i64> + Sync),
+    endpoint_no: &'a (dyn Fn(&str) -> Option<i64> + Sync),
+}
+
 async fn insert_rows(
     txn: &impl ConnectionTrait,
     entries: &[&NewLogEntry],
     assigned: &HashMap<usize, i64>,
     account_nos: &[i64],
-    agent_id: impl Fn(&str) -> Option<i64>,
-    key_no: impl Fn(&str) -> Option<i64>,
-    label_no: impl Fn(Label<'_>) -> Option<i64>,
+    numbers: &RowNumbers<'_>,
 ) -> Result<(), StoreError> {
     // (id, record, its account number)
     let mut rows: Vec<(i64, &NewLogEntry, i64)> = assigned
@@ -1110,7 +1106,7 @@ async fn insert_rows(
             log_entry::Column::ApiKeyNo,
             log_entry::Column::ApiKeyLabelNo,
             log_entry::Column::Method,
-            log_entry::Column::Endpoint,
+            log_entry::Column::EndpointNo,
             log_entry::Column::QueryParams,
             log_entry::Column::StatusCode,
             log_entry::Column::ErrorCode,
@@ -1120,7 +1116,7 @@ async fn insert_rows(
         ]);
         for &(id, entry, account_no) in chunk {
             let request_id = entry.request_id.as_deref();
-            let key_no = key_no(&entry.api_key_id).ok_or_else(|| {
+            let key_no = (numbers.key_no)(&entry.api_key_id).ok_or_else(|| {
                 StoreError::Database(DbErr::Custom("a key id has no number".into()))
             })?;
             let label = (
@@ -1129,8 +1125,11 @@ async fn insert_rows(
                 entry.api_key_name.as_str(),
                 entry.api_key_prefix.as_str(),
             );
-            let label_no = label_no(label).ok_or_else(|| {
+            let label_no = (numbers.label_no)(label).ok_or_else(|| {
                 StoreError::Database(DbErr::Custom("a key's label has no number".into()))
+            })?;
+            let endpoint_no = (numbers.endpoint_no)(&entry.endpoint).ok_or_else(|| {
+                StoreError::Database(DbErr::Custom("a path has no number".into()))
             })?;
             insert
                 .values([
@@ -1146,12 +1145,12 @@ async fn insert_rows(
                     key_no.into(),
                     label_no.into(),
                     entry.method.into(),
-                    entry.endpoint.as_str().into(),
+                    endpoint_no.into(),
                     entry.query_params.as_deref().into(),
                     entry.status_code.into(),
                     entry.error_code.as_deref().into(),
                     entry.ip_hash.clone().into(),
-                    agent_id(&entry.user_agent).into(),
+                    (numbers.agent_id)(&entry.user_agent).into(),
                     i64::from(entry.duration_ms).into(),
                 ])
                 .map_err(|error| StoreError::Database(DbErr::Custom(error.to_string())))?;
@@ -1350,9 +1349,9 @@ mod tests {
             .map(|row| row.request_id.map(|id| id.0))
             .collect();
         assert_eq!(read, ids.map(|id| Some(id.to_owned())));
-        // Reverting the migration (and the four after it) turns the bytes back into the same
+        // Reverting the migration (and the five after it) turns the bytes back into the same
         // text.
-        Migrator::down(&db, Some(5)).await.expect("down");
+        Migrator::down(&db, Some(6)).await.expect("down");
         let texts = db
             .query_all(Statement::from_string(
                 DbBackend::Sqlite,
