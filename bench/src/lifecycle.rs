@@ -486,7 +486,8 @@ pub(crate) async fn export(ctx: &Context) -> Result<Vec<Figure>, String> {
 }
 
 /// The baseline export: the same nine columns and order, timestamps formatted by the
-/// database, written as CSV into memory; returns seconds.
+/// database, written as CSV into memory; returns seconds. Rows hold their key's label and
+/// their path as numbers: joined (`api_key_labels`, `endpoint_numbers`) to spell them.
 async fn baseline_export(ctx: &Context, db: &BenchDb) -> Result<f64, String> {
     let number = account_no(db, EXPORT_ACCOUNT).await?;
     match (&db.file, ctx.backend) {
@@ -495,9 +496,10 @@ async fn baseline_export(ctx: &Context, db: &BenchDb) -> Result<f64, String> {
             let started = Instant::now();
             let mut query = conn
                 .prepare(
-                    "SELECT l.name, l.prefix, method, endpoint, query_params, status_code, \
+                    "SELECT l.name, l.prefix, method, ep.value, query_params, status_code, \
                      error_code, lower(hex(ip_hash)), strftime('%Y-%m-%dT%H:%M:%fZ', ts / 1000000.0, 'unixepoch') \
                      FROM log_entries e JOIN api_key_labels l ON l.id = e.api_key_label_no \
+                     JOIN endpoint_numbers ep ON ep.id = e.endpoint_no \
                      WHERE e.account_no = ?1 ORDER BY ts DESC, e.id DESC",
                 )
                 .map_err(|e| e.to_string())?;
@@ -550,10 +552,11 @@ async fn baseline_export(ctx: &Context, db: &BenchDb) -> Result<f64, String> {
             let started = Instant::now();
             let mut stream = pool
                 .copy_out_raw(&format!(
-                    "COPY (SELECT l.name, l.prefix, method, endpoint, query_params, status_code, \
+                    "COPY (SELECT l.name, l.prefix, method, ep.value, query_params, status_code, \
                      error_code, encode(ip_hash, 'hex'), to_char(to_timestamp(ts / 1000000.0) AT TIME ZONE 'UTC', \
                      'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') FROM log_entries e \
-                     JOIN api_key_labels l ON l.id = e.api_key_label_no WHERE e.account_no = {number} \
+                     JOIN api_key_labels l ON l.id = e.api_key_label_no \
+                     JOIN endpoint_numbers ep ON ep.id = e.endpoint_no WHERE e.account_no = {number} \
                      ORDER BY ts DESC, e.id DESC) TO STDOUT (FORMAT csv)"
                 ))
                 .await

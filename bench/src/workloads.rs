@@ -466,17 +466,19 @@ impl IngestService for NaiveIngest {
         let backend = self.db.get_database_backend();
         let sql = match backend {
             DbBackend::Postgres => {
-                "INSERT INTO log_entries (account_no, ts, request_id, api_key_no, api_key_label_no, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent_id, duration_ms, id) VALUES ((SELECT id FROM account_numbers WHERE value = $1), $2, $3, (SELECT id FROM api_key_numbers WHERE value = $4), (SELECT l.id FROM api_key_labels l JOIN account_numbers a ON a.id = l.account_no JOIN api_key_numbers k ON k.id = l.api_key_no WHERE a.value = $1 AND k.value = $4 AND l.name = $5 AND l.prefix = $6), $7, $8, $9, $10, $11, $12, (SELECT id FROM user_agents WHERE value = $13), $14, $15)"
+                "INSERT INTO log_entries (account_no, ts, request_id, api_key_no, api_key_label_no, method, endpoint_no, query_params, status_code, error_code, ip_hash, user_agent_id, duration_ms, id) VALUES ((SELECT id FROM account_numbers WHERE value = $1), $2, $3, (SELECT id FROM api_key_numbers WHERE value = $4), (SELECT l.id FROM api_key_labels l JOIN account_numbers a ON a.id = l.account_no JOIN api_key_numbers k ON k.id = l.api_key_no WHERE a.value = $1 AND k.value = $4 AND l.name = $5 AND l.prefix = $6), $7, (SELECT id FROM endpoint_numbers WHERE value = $8), $9, $10, $11, $12, (SELECT id FROM user_agents WHERE value = $13), $14, $15)"
             }
             _ => {
-                "INSERT INTO log_entries (account_no, ts, request_id, api_key_no, api_key_label_no, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent_id, duration_ms, id) VALUES ((SELECT id FROM account_numbers WHERE value = ?1), ?2, ?3, (SELECT id FROM api_key_numbers WHERE value = ?4), (SELECT l.id FROM api_key_labels l JOIN account_numbers a ON a.id = l.account_no JOIN api_key_numbers k ON k.id = l.api_key_no WHERE a.value = ?1 AND k.value = ?4 AND l.name = ?5 AND l.prefix = ?6), ?7, ?8, ?9, ?10, ?11, ?12, (SELECT id FROM user_agents WHERE value = ?13), ?14, ?15)"
+                "INSERT INTO log_entries (account_no, ts, request_id, api_key_no, api_key_label_no, method, endpoint_no, query_params, status_code, error_code, ip_hash, user_agent_id, duration_ms, id) VALUES ((SELECT id FROM account_numbers WHERE value = ?1), ?2, ?3, (SELECT id FROM api_key_numbers WHERE value = ?4), (SELECT l.id FROM api_key_labels l JOIN account_numbers a ON a.id = l.account_no JOIN api_key_numbers k ON k.id = l.api_key_no WHERE a.value = ?1 AND k.value = ?4 AND l.name = ?5 AND l.prefix = ?6), ?7, (SELECT id FROM endpoint_numbers WHERE value = ?8), ?9, ?10, ?11, ?12, (SELECT id FROM user_agents WHERE value = ?13), ?14, ?15)"
             }
         };
-        // Accounts, keys, key labels and agents are dictionaries (`account_numbers`,
-        // `api_key_numbers`, `api_key_labels`, `user_agents`), as in reqlog's schema.
+        // Accounts, keys, key labels, paths and agents are dictionaries (`account_numbers`,
+        // `api_key_numbers`, `api_key_labels`, `endpoint_numbers`, `user_agents`), as in
+        // reqlog's schema.
         for (table, value) in [
             ("account_numbers", &r.account_id),
             ("api_key_numbers", &r.api_key_id),
+            ("endpoint_numbers", &r.endpoint),
             ("user_agents", &r.user_agent),
         ] {
             let insert = match backend {
@@ -748,8 +750,9 @@ impl Raw {
 }
 
 const PAGE: i32 = 100;
-/// A row's columns, its key's name and prefix spelled from `api_key_labels`.
-const COLUMNS: &str = "log_entries.id, log_entries.account_no, ts, request_id, log_entries.api_key_no, (SELECT name FROM api_key_labels WHERE api_key_labels.id = api_key_label_no) AS api_key_name, (SELECT prefix FROM api_key_labels WHERE api_key_labels.id = api_key_label_no) AS api_key_prefix, method, endpoint, query_params, status_code, error_code, ip_hash, user_agent_id, duration_ms";
+/// A row's columns, its key's name and prefix spelled from `api_key_labels`, its path from
+/// `endpoint_numbers`.
+const COLUMNS: &str = "log_entries.id, log_entries.account_no, ts, request_id, log_entries.api_key_no, (SELECT name FROM api_key_labels WHERE api_key_labels.id = api_key_label_no) AS api_key_name, (SELECT prefix FROM api_key_labels WHERE api_key_labels.id = api_key_label_no) AS api_key_prefix, method, (SELECT value FROM endpoint_numbers WHERE endpoint_numbers.id = endpoint_no) AS endpoint, query_params, status_code, error_code, ip_hash, user_agent_id, duration_ms";
 
 /// The number reqlog gave `account` in `account_numbers`: the raw queries name the account
 /// by it, as reqlog's own queries do, looked up once before anything is timed.
@@ -917,7 +920,7 @@ pub(crate) async fn list(ctx: &Context, db: &BenchDb) -> Result<Vec<Figure>, Str
 
     let like = |term: &str| format!("%{term}%");
     let search_sql = format!(
-        "SELECT {COLUMNS} FROM log_entries WHERE account_no = ? AND (api_key_label_no IN (SELECT id FROM api_key_labels WHERE account_no = ? AND (name LIKE ? OR prefix LIKE ?)) OR method LIKE ? OR endpoint LIKE ? OR query_params LIKE ? OR CAST(status_code AS TEXT) LIKE ? OR error_code LIKE ? OR hex(ip_hash) LIKE ?) ORDER BY ts DESC, id DESC LIMIT {}",
+        "SELECT {COLUMNS} FROM log_entries WHERE account_no = ? AND (api_key_label_no IN (SELECT id FROM api_key_labels WHERE account_no = ? AND (name LIKE ? OR prefix LIKE ?)) OR method LIKE ? OR endpoint_no IN (SELECT id FROM endpoint_numbers WHERE value LIKE ?) OR query_params LIKE ? OR CAST(status_code AS TEXT) LIKE ? OR error_code LIKE ? OR hex(ip_hash) LIKE ?) ORDER BY ts DESC, id DESC LIMIT {}",
         PAGE + 1
     );
     let search = |term: &str| {
@@ -1008,6 +1011,11 @@ pub(crate) async fn list(ctx: &Context, db: &BenchDb) -> Result<Vec<Figure>, Str
                 "api_key_name" | "api_key_prefix" => format!(
                     "SELECT {COLUMNS} FROM log_entries JOIN api_key_labels l ON l.id = log_entries.api_key_label_no WHERE log_entries.account_no = ? ORDER BY l.{} ASC, log_entries.id ASC LIMIT {}",
                     column.trim_start_matches("api_key_"),
+                    PAGE + 1
+                ),
+                // Stored once in `endpoint_numbers`: joined, as reqlog does.
+                "endpoint" => format!(
+                    "SELECT {COLUMNS} FROM log_entries JOIN endpoint_numbers ep ON ep.id = log_entries.endpoint_no WHERE log_entries.account_no = ? ORDER BY ep.value ASC, log_entries.id ASC LIMIT {}",
                     PAGE + 1
                 ),
                 _ => format!("SELECT {COLUMNS} FROM log_entries WHERE account_no = ? ORDER BY {column} ASC{nulls}, id ASC LIMIT {}", PAGE + 1),
@@ -1110,7 +1118,7 @@ pub(crate) async fn list(ctx: &Context, db: &BenchDb) -> Result<Vec<Figure>, Str
                     endpoint_prefix: "/v1/audio".into(),
                     ..Default::default()
                 },
-                "substr(endpoint, 1, 9) = ?",
+                "endpoint_no IN (SELECT id FROM endpoint_numbers WHERE substr(value, 1, 9) = ?)",
                 vec![Param::Text("/v1/audio".into())],
             ),
         ),
