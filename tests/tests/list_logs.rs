@@ -825,3 +825,58 @@ async fn status_class_unspecified_is_refused_with_its_code() {
     assert_eq!(status.code(), Code::InvalidArgument);
     server.shutdown().await;
 }
+
+/// PostgreSQL: a page sorted by path joins the paths' dictionary by a hash join and sorts
+/// once. Joined directly, the dictionary's unique index on `value` offered the paths in
+/// order, and the planner, once the table was analyzed, chose a nested loop of every path
+/// against every row of the account (`store::logs::join_paths`).
+#[tokio::test]
+async fn postgres_sorts_by_path_with_a_hash_join() {
+    let Some(server) = TestServer::start(Backend::Postgres).await else {
+        return;
+    };
+    server
+        .db
+        .execute_unprepared(
+            "INSERT INTO account_numbers (id, value) VALUES (1000, 'acct_paths'); \
+             INSERT INTO endpoint_numbers (id, value) \
+             SELECT 1000 + i, '/v1/path/' || i FROM generate_series(1, 14) i; \
+             INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
+             method, endpoint_no, status_code, ip_hash, duration_ms) \
+             SELECT i, 1000, 1000000::bigint * i, 1, 1, 'GET', 1001 + (i * 7) % 14, 200, \
+             '\\xab'::bytea, i FROM generate_series(1, 20000) i; \
+             ANALYZE log_entries; ANALYZE endpoint_numbers",
+        )
+        .await
+        .expect("rows of fourteen paths");
+    let query = LogQuery::new(
+        "acct_paths",
+        LogFilter::default(),
+        SortOrder {
+            field: SortField::Endpoint,
+            descending: false,
+        },
+    )
+    .expect("query");
+    let statement = page_select(sea_orm::DbBackend::Postgres, 1000, &query, None, 100)
+        .build(sea_orm::DbBackend::Postgres);
+    let explain = Statement::from_sql_and_values(
+        sea_orm::DbBackend::Postgres,
+        format!("EXPLAIN {}", statement.sql),
+        statement.values.map(|v| v.0).unwrap_or_default(),
+    );
+    let plan = server
+        .db
+        .query_all(explain)
+        .await
+        .expect("explain")
+        .iter()
+        .map(|row| row.try_get::<String>("", "QUERY PLAN").expect("plan text"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        plan.contains("Hash Join") && !plan.contains("Nested Loop"),
+        "a hash join:\n{plan}"
+    );
+    server.shutdown().await;
+}
