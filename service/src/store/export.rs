@@ -135,6 +135,11 @@ pub struct ExportReader {
 /// A key label's name and prefix.
 type Label = Arc<(String, String)>;
 
+/// Texts an export's cache holds at most of each kind; past this it starts over. A gateway
+/// that records raw paths with ids in them gives nearly every row a path of its own, which
+/// would otherwise grow the cache, and the server's memory, with the export.
+const EXPORT_CACHED_TEXTS: usize = 65_536;
+
 /// The texts of numbers the rows hold: key labels and paths.
 #[derive(Debug, Default)]
 struct Texts {
@@ -250,8 +255,10 @@ impl ExportReader {
                     .collect(),
             )
         };
-        if !missing_labels.is_empty() || !missing_paths.is_empty() {
-            let found = match self.snapshot {
+        let found = if missing_labels.is_empty() && missing_paths.is_empty() {
+            Texts::default()
+        } else {
+            match self.snapshot {
                 Snapshot::Pooled(ref txn) => {
                     let [mut names, mut prefixes, paths] = dictionary::texts_of(
                         txn,
@@ -279,22 +286,34 @@ impl ExportReader {
                 Snapshot::Own(ref connection) => {
                     read_own_texts(Arc::clone(connection), missing_labels, missing_paths).await?
                 }
-            };
-            let mut cache = self.texts.lock().unwrap_or_else(PoisonError::into_inner);
-            cache.labels.extend(found.labels);
-            cache.paths.extend(found.paths);
-        }
-        let cache = self.texts.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(Texts {
+            }
+        };
+        let mut cache = self.texts.lock().unwrap_or_else(PoisonError::into_inner);
+        let page = Texts {
             labels: labels
                 .into_iter()
-                .filter_map(|number| Some((number, Arc::clone(cache.labels.get(&number)?))))
+                .filter_map(|number| {
+                    let label = found.labels.get(&number).or(cache.labels.get(&number))?;
+                    Some((number, Arc::clone(label)))
+                })
                 .collect(),
             paths: paths
                 .into_iter()
-                .filter_map(|number| Some((number, Arc::clone(cache.paths.get(&number)?))))
+                .filter_map(|number| {
+                    let path = found.paths.get(&number).or(cache.paths.get(&number))?;
+                    Some((number, Arc::clone(path)))
+                })
                 .collect(),
-        })
+        };
+        if cache.labels.len() + found.labels.len() > EXPORT_CACHED_TEXTS {
+            cache.labels.clear();
+        }
+        if cache.paths.len() + found.paths.len() > EXPORT_CACHED_TEXTS {
+            cache.paths.clear();
+        }
+        cache.labels.extend(found.labels);
+        cache.paths.extend(found.paths);
+        Ok(page)
     }
 
     /// Ends the snapshot: the pooled transaction is rolled back (it only ever read), the
@@ -772,6 +791,58 @@ mod tests {
                 assert_eq!(sorted, expected, "{field:?}");
             }
         }
+    }
+
+    /// Rows whose paths are nearly all different (raw paths with ids in them): the
+    /// export's cache starts over past [`EXPORT_CACHED_TEXTS`] paths, and the page on which
+    /// it does still spells the paths it had cached before, as every other page does.
+    #[tokio::test]
+    async fn a_cache_that_starts_over_keeps_every_rows_path() {
+        let (_dir, db) = test_database().await;
+        let rows = 2 * i64::try_from(EXPORT_CACHED_TEXTS).expect("a count") + 2_000;
+        // Odd rows share `/common`; even row i has `/p/i` of its own.
+        db.execute_unprepared(&format!(
+            "INSERT INTO account_numbers (id, value) VALUES (1, 'a'); \
+             INSERT INTO api_key_labels (id, account_no, api_key_no, name, prefix) \
+             VALUES (1, 1, 1, 'name', 'pk_'); \
+             INSERT INTO endpoint_numbers (id, value) VALUES (1, '/common'); \
+             WITH RECURSIVE n(i) AS (SELECT 2 UNION ALL SELECT i + 2 FROM n WHERE i < {rows}) \
+             INSERT INTO endpoint_numbers (id, value) SELECT i, '/p/' || i FROM n; \
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) \
+             INSERT INTO log_entries (id, account_no, ts, api_key_no, api_key_label_no, \
+             method, endpoint_no, status_code, ip_hash, duration_ms) \
+             SELECT i, 1, i, 1, 1, 'GET', CASE WHEN i % 2 = 1 THEN 1 ELSE i END, 200, \
+             X'AB01', 1 FROM n"
+        ))
+        .await
+        .expect("rows of many paths");
+        let reader = ExportReader::open(&db, export_query(SortField::Timestamp, false))
+            .await
+            .expect("open");
+        let mut seen = 0;
+        let mut after = None;
+        loop {
+            let page = reader.read_page(after.as_ref()).await.expect("a page");
+            let PageRows { rows, next } = page.rows();
+            for row in &rows {
+                let i = row.timestamp_micros;
+                let path = if i % 2 == 1 {
+                    "/common".to_owned()
+                } else {
+                    format!("/p/{i}")
+                };
+                assert_eq!(row.endpoint, path, "row {i}");
+                seen += 1;
+            }
+            match next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let cached = reader.texts.lock().expect("the cache").paths.len();
+        assert!(cached <= EXPORT_CACHED_TEXTS, "{cached} paths cached");
+        reader.close().await.expect("close");
+        assert_eq!(seen, rows);
     }
 
     #[tokio::test]
