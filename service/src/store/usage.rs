@@ -279,29 +279,16 @@ pub struct UsageRow {
 }
 
 /// The account's hourly counts within the query's bounds and key, as counter rows
-/// (`bucket_start`, the key id and endpoint when the query groups by them, method, status
-/// and the four sums): the counters, and on SQLite the rows no indexer chunk has folded
-/// yet, one counter row each. The counters' numbers are spelled only for the dimensions
-/// grouped by, one lookup per counter row each.
+/// (`bucket_start`, the key's and path's numbers, method, status and the four sums): the
+/// counters, and on SQLite the rows no indexer chunk has folded yet, one counter row each.
 fn counted(backend: DbBackend, account_no: i64, query: &UsageQuery) -> SelectStatement {
     use usage_stat::Column as C;
-    let grouped = |dimension| query.group_by.contains(&dimension);
     let mut counters = Query::select();
-    counters.column(C::BucketStart);
-    if grouped(Dimension::ApiKey) {
-        counters.expr_as(
-            spelled(Dictionary::ApiKeys, "usage_stats", "api_key_no"),
-            Alias::new("api_key_id"),
-        );
-    }
-    if grouped(Dimension::Endpoint) {
-        counters.expr_as(
-            spelled(Dictionary::Endpoints, "usage_stats", "endpoint_no"),
-            Alias::new("endpoint"),
-        );
-    }
     counters
         .columns([
+            C::BucketStart,
+            C::ApiKeyNo,
+            C::EndpointNo,
             C::Method,
             C::StatusCode,
             C::RequestCount,
@@ -322,21 +309,9 @@ fn counted(backend: DbBackend, account_no: i64, query: &UsageQuery) -> SelectSta
     use log_entry::Column as L;
     let hour = || Expr::cust(SQLITE_HOUR_OF_TS);
     let mut unfolded = Query::select();
-    unfolded.expr_as(hour(), Alias::new("bucket_start"));
-    if grouped(Dimension::ApiKey) {
-        unfolded.expr_as(
-            spelled(Dictionary::ApiKeys, "log_entries", "api_key_no"),
-            Alias::new("api_key_id"),
-        );
-    }
-    if grouped(Dimension::Endpoint) {
-        unfolded.expr_as(
-            spelled(Dictionary::Endpoints, "log_entries", "endpoint_no"),
-            Alias::new("endpoint"),
-        );
-    }
     unfolded
-        .columns([L::Method, L::StatusCode])
+        .expr_as(hour(), Alias::new("bucket_start"))
+        .columns([L::ApiKeyNo, L::EndpointNo, L::Method, L::StatusCode])
         .expr_as(Expr::val(1), Alias::new("request_count"))
         .expr_as(
             Expr::cust(r#"("status_code" >= 400)"#),
@@ -371,49 +346,59 @@ fn counted(backend: DbBackend, account_no: i64, query: &UsageQuery) -> SelectSta
     counters
 }
 
-/// The statement that sums an account's counts into the query's buckets and groups.
+/// The statement that sums an account's counts into the query's buckets and groups: grouped
+/// by the numbers the counters hold, then the key ids and paths of the groups spelled and
+/// ordered. Spelled before the sums, every counter row took its lookups (the biggest
+/// account's 166,701 counters in the benchmark's 1M rows, sqlite3 shell: by day, key and
+/// path 197–220 → 129–130 ms; by hour and key 100–102 → 35–36 ms).
 fn buckets_statement(backend: DbBackend, account_no: i64, query: &UsageQuery) -> Statement {
-    use usage_stat::Column as C;
     let bucket = match query.granularity {
-        Granularity::Hour => Expr::col(C::BucketStart).into(),
+        Granularity::Hour => Expr::col(Alias::new("bucket_start")).into(),
         Granularity::Day => Expr::cust(r#"("bucket_start" - ("bucket_start" % 86400))"#),
     };
-    let mut select = Query::select();
-    select
-        .from_subquery(counted(backend, account_no, query), Alias::new("counted"))
+    let mut sums = Query::select();
+    sums.from_subquery(counted(backend, account_no, query), Alias::new("counted"))
         .expr_as(bucket.clone(), Alias::new("bucket"))
-        .add_group_by([bucket.clone()])
-        .order_by_expr(bucket, Order::Asc);
+        .add_group_by([bucket]);
+    let mut spelled_groups = Query::select();
+    spelled_groups
+        .column(Alias::new("bucket"))
+        .order_by(Alias::new("bucket"), Order::Asc);
     for dimension in &query.group_by {
-        let column = Alias::new(match dimension {
-            Dimension::ApiKey => "api_key_id",
-            Dimension::Endpoint => "endpoint",
-            Dimension::Method => "method",
-            Dimension::StatusCode => "status_code",
-        });
-        select
-            .column(column.clone())
-            .add_group_by([Expr::col(column.clone()).into()])
-            .order_by(column, Order::Asc);
+        let (number, text) = match dimension {
+            Dimension::ApiKey => ("api_key_no", "api_key_id"),
+            Dimension::Endpoint => ("endpoint_no", "endpoint"),
+            Dimension::Method => ("method", "method"),
+            Dimension::StatusCode => ("status_code", "status_code"),
+        };
+        sums.column(Alias::new(number))
+            .add_group_by([Expr::col(Alias::new(number)).into()]);
+        let dictionary = match dimension {
+            Dimension::ApiKey => Some(Dictionary::ApiKeys),
+            Dimension::Endpoint => Some(Dictionary::Endpoints),
+            Dimension::Method | Dimension::StatusCode => None,
+        };
+        match dictionary {
+            Some(dictionary) => {
+                spelled_groups.expr_as(spelled(dictionary, "sums", number), Alias::new(text));
+            }
+            None => {
+                spelled_groups.column(Alias::new(text));
+            }
+        }
+        spelled_groups.order_by(Alias::new(text), Order::Asc);
     }
-    select
-        .expr_as(
-            Expr::cust(r#"CAST(SUM("request_count") AS BIGINT)"#),
-            Alias::new("requests"),
-        )
-        .expr_as(
-            Expr::cust(r#"CAST(SUM("error_count") AS BIGINT)"#),
-            Alias::new("errors"),
-        )
-        .expr_as(
-            Expr::cust(r#"CAST(SUM("total_duration_ms") AS BIGINT)"#),
-            Alias::new("total_ms"),
-        )
-        .expr_as(
-            Expr::cust(r#"CAST(MAX("max_duration_ms") AS BIGINT)"#),
-            Alias::new("max_ms"),
-        );
-    backend.build(&select)
+    for (sum, alias) in [
+        (r#"CAST(SUM("request_count") AS BIGINT)"#, "requests"),
+        (r#"CAST(SUM("error_count") AS BIGINT)"#, "errors"),
+        (r#"CAST(SUM("total_duration_ms") AS BIGINT)"#, "total_ms"),
+        (r#"CAST(MAX("max_duration_ms") AS BIGINT)"#, "max_ms"),
+    ] {
+        sums.expr_as(Expr::cust(sum), Alias::new(alias));
+        spelled_groups.column(Alias::new(alias));
+    }
+    spelled_groups.from_subquery(sums, Alias::new("sums"));
+    backend.build(&spelled_groups)
 }
 
 /// Sums the account's hourly counts into the query's buckets and groups.
