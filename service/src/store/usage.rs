@@ -365,19 +365,15 @@ fn buckets_statement(backend: DbBackend, account_no: i64, query: &UsageQuery) ->
         .column(Alias::new("bucket"))
         .order_by(Alias::new("bucket"), Order::Asc);
     for dimension in &query.group_by {
-        let (number, text) = match dimension {
-            Dimension::ApiKey => ("api_key_no", "api_key_id"),
-            Dimension::Endpoint => ("endpoint_no", "endpoint"),
-            Dimension::Method => ("method", "method"),
-            Dimension::StatusCode => ("status_code", "status_code"),
+        // The column summed by, what the group's row calls it, and its dictionary if any.
+        let (number, text, dictionary) = match dimension {
+            Dimension::ApiKey => ("api_key_no", "api_key_id", Some(Dictionary::ApiKeys)),
+            Dimension::Endpoint => ("endpoint_no", "endpoint", Some(Dictionary::Endpoints)),
+            Dimension::Method => ("method", "method", None),
+            Dimension::StatusCode => ("status_code", "status_code", None),
         };
         sums.column(Alias::new(number))
             .add_group_by([Expr::col(Alias::new(number)).into()]);
-        let dictionary = match dimension {
-            Dimension::ApiKey => Some(Dictionary::ApiKeys),
-            Dimension::Endpoint => Some(Dictionary::Endpoints),
-            Dimension::Method | Dimension::StatusCode => None,
-        };
         match dictionary {
             Some(dictionary) => {
                 spelled_groups.expr_as(spelled(dictionary, "sums", number), Alias::new(text));
