@@ -709,8 +709,14 @@ async fn plan(server: &TestServer, query: &LogQuery) -> String {
         }
         _ => ("EXPLAIN QUERY PLAN ", "detail"),
     };
+    explain(server, statement, prefix, column).await
+}
+
+/// The plan of `statement` as text: `prefix` is the backend's EXPLAIN, `column` the
+/// column its lines come in.
+async fn explain(server: &TestServer, statement: Statement, prefix: &str, column: &str) -> String {
     let explain = Statement::from_sql_and_values(
-        backend,
+        server.db.get_database_backend(),
         format!("{prefix}{}", statement.sql),
         statement.values.map(|v| v.0).unwrap_or_default(),
     );
@@ -860,20 +866,7 @@ async fn postgres_sorts_by_path_with_a_hash_join() {
     .expect("query");
     let statement = page_select(sea_orm::DbBackend::Postgres, 1000, &query, None, 100)
         .build(sea_orm::DbBackend::Postgres);
-    let explain = Statement::from_sql_and_values(
-        sea_orm::DbBackend::Postgres,
-        format!("EXPLAIN {}", statement.sql),
-        statement.values.map(|v| v.0).unwrap_or_default(),
-    );
-    let plan = server
-        .db
-        .query_all(explain)
-        .await
-        .expect("explain")
-        .iter()
-        .map(|row| row.try_get::<String>("", "QUERY PLAN").expect("plan text"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let plan = explain(&server, statement, "EXPLAIN ", "QUERY PLAN").await;
     assert!(
         plan.contains("Hash Join") && !plan.contains("Nested Loop"),
         "a hash join:\n{plan}"

@@ -248,19 +248,17 @@ pub fn holds_number_of(
     dictionary: Dictionary,
     values: &[&str],
 ) -> SimpleExpr {
-    let mut numbers = Query::select();
-    numbers.column(Alias::new("id")).from(dictionary.table());
     let value = Expr::col(Alias::new("value"));
     match values {
         [one] => {
-            numbers.and_where(value.eq(*one));
+            let numbers = numbers_where(dictionary, value.eq(*one));
             let scalar = SimpleExpr::SubQuery(None, Box::new(numbers.into_sub_query_statement()));
             Expr::col(column).eq(scalar)
         }
-        _ => {
-            numbers.and_where(value.is_in(values.iter().copied()));
-            Expr::col(column).in_subquery(numbers)
-        }
+        _ => Expr::col(column).in_subquery(numbers_where(
+            dictionary,
+            value.is_in(values.iter().copied()),
+        )),
     }
 }
 

@@ -147,6 +147,39 @@ struct Texts {
     paths: HashMap<i64, Arc<str>>,
 }
 
+/// The numbers of `wanted` whose texts `cache` lacks.
+fn missing<T: ?Sized>(wanted: &HashSet<i64>, cache: &HashMap<i64, Arc<T>>) -> Vec<i64> {
+    wanted
+        .iter()
+        .copied()
+        .filter(|number| !cache.contains_key(number))
+        .collect()
+}
+
+/// The texts of a page's `numbers`: read for the page (`found`) or cached before.
+fn of_page<T: ?Sized>(
+    numbers: HashSet<i64>,
+    found: &HashMap<i64, Arc<T>>,
+    cache: &HashMap<i64, Arc<T>>,
+) -> HashMap<i64, Arc<T>> {
+    numbers
+        .into_iter()
+        .filter_map(|number| {
+            let text = found.get(&number).or(cache.get(&number))?;
+            Some((number, Arc::clone(text)))
+        })
+        .collect()
+}
+
+/// Adds `found` to `cache`, which starts over first past [`EXPORT_CACHED_TEXTS`]. Called
+/// once the page has its texts ([`of_page`]), so starting over loses none of them.
+fn remember<T: ?Sized>(cache: &mut HashMap<i64, Arc<T>>, found: HashMap<i64, Arc<T>>) {
+    if cache.len() + found.len() > EXPORT_CACHED_TEXTS {
+        cache.clear();
+    }
+    cache.extend(found);
+}
+
 /// Where the export's read transaction is open (see the module comment).
 #[derive(Debug)]
 enum Snapshot {
@@ -240,19 +273,11 @@ impl ExportReader {
         labels: HashSet<i64>,
         paths: HashSet<i64>,
     ) -> Result<Texts, StoreError> {
-        let (missing_labels, missing_paths): (Vec<i64>, Vec<i64>) = {
+        let (missing_labels, missing_paths) = {
             let cache = self.texts.lock().unwrap_or_else(PoisonError::into_inner);
             (
-                labels
-                    .iter()
-                    .copied()
-                    .filter(|number| !cache.labels.contains_key(number))
-                    .collect(),
-                paths
-                    .iter()
-                    .copied()
-                    .filter(|number| !cache.paths.contains_key(number))
-                    .collect(),
+                missing(&labels, &cache.labels),
+                missing(&paths, &cache.paths),
             )
         };
         let found = if missing_labels.is_empty() && missing_paths.is_empty() {
@@ -290,29 +315,11 @@ impl ExportReader {
         };
         let mut cache = self.texts.lock().unwrap_or_else(PoisonError::into_inner);
         let page = Texts {
-            labels: labels
-                .into_iter()
-                .filter_map(|number| {
-                    let label = found.labels.get(&number).or(cache.labels.get(&number))?;
-                    Some((number, Arc::clone(label)))
-                })
-                .collect(),
-            paths: paths
-                .into_iter()
-                .filter_map(|number| {
-                    let path = found.paths.get(&number).or(cache.paths.get(&number))?;
-                    Some((number, Arc::clone(path)))
-                })
-                .collect(),
+            labels: of_page(labels, &found.labels, &cache.labels),
+            paths: of_page(paths, &found.paths, &cache.paths),
         };
-        if cache.labels.len() + found.labels.len() > EXPORT_CACHED_TEXTS {
-            cache.labels.clear();
-        }
-        if cache.paths.len() + found.paths.len() > EXPORT_CACHED_TEXTS {
-            cache.paths.clear();
-        }
-        cache.labels.extend(found.labels);
-        cache.paths.extend(found.paths);
+        remember(&mut cache.labels, found.labels);
+        remember(&mut cache.paths, found.paths);
         Ok(page)
     }
 
