@@ -31,7 +31,7 @@ pub async fn page_token_key(db: &DatabaseConnection) -> Result<Vec<u8>, StoreErr
         .one(db)
         .await?
         .ok_or_else(|| corrupt("page-token key missing after insert"))?;
-    decode_hex(&stored.value).ok_or_else(|| corrupt("page-token key is not hex"))
+    crate::domain::ip::from_hex(&stored.value).ok_or_else(|| corrupt("page-token key is not hex"))
 }
 
 /// The integer setting `name` (0 when absent).
@@ -62,16 +62,6 @@ pub async fn set_integer(
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::Database(sea_orm::DbErr::Custom(what.to_owned()))
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]
